@@ -1,0 +1,1 @@
+"""Command-line interface: one module per command group; each only parses, calls the library and prints."""

@@ -1,0 +1,59 @@
+"""Errors a user can cause and fix.
+
+Every problem that comes from the user's input (a file, a folder, a manifest, a config) is raised as a
+:class:`MedsegError` subclass. Its text is one line naming the file and the problem, so that the command line can
+print it as is, without a traceback (``medseg --debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedsegError(Exception):
+    """Base class: a problem with the user's input, printed as ``PATH: PROBLEM`` on one line.
+
+    Args:
+        problem: What is wrong, in words a user understands (no trailing full stop needed).
+        path: The file or folder the problem is about, when there is one.
+    """
+
+    def __init__(self, problem: str, path: str | Path | None = None) -> None:
+        self.problem = " ".join(str(problem).split())  # always one line
+        self.path = None if path is None else str(path)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}" if self.path else self.problem
+
+
+class ImageReadError(MedsegError):
+    """A file or folder cannot be read as an image (missing, truncated, corrupt, unknown format)."""
+
+
+class ImageWriteError(MedsegError):
+    """An image cannot be written (unsupported format, geometry the format cannot store)."""
+
+
+class DicomSeriesError(MedsegError):
+    """A DICOM folder does not hold exactly one usable series (none, several, unsupported kind)."""
+
+
+class GeometryError(MedsegError):
+    """Geometry that cannot be trusted: missing slices, uneven spacing, gantry tilt, mixed orientations."""
+
+
+class ImageContentError(MedsegError):
+    """Voxel content a step cannot use: NaN/Inf, the wrong number of dimensions, unexpected label values."""
+
+
+class ManifestError(MedsegError):
+    """A dataset manifest (or a folder being imported as one) is malformed."""
+
+
+class ConfigError(MedsegError):
+    """A configuration file or ``--set key=value`` override is malformed."""
+
+
+class ModelError(MedsegError):
+    """A model cannot be built or run as asked: unknown name, unsupported dims or option, an input it cannot take."""

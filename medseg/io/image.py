@@ -1,0 +1,357 @@
+"""Loading and saving images with their geometry.
+
+One loading function, :func:`load_image`, reads NIfTI (``.nii``, ``.nii.gz``, via nibabel), NRRD (``.nrrd``,
+``.nhdr``) and MetaImage (``.mha``, ``.mhd``) via SimpleITK, and DICOM series folders (see :mod:`medseg.io.dicom`).
+One saving function, :func:`save_image`, writes NIfTI, NRRD and MetaImage.
+
+Images are MONAI ``MetaTensor``s of shape ``(C, *spatial)`` (channel first; ``C = 1`` for scalar images, the 4th
+NIfTI axis or the vector components otherwise). Their ``meta`` holds:
+
+- ``affine``: 4×4 float64 voxel-to-world matrix in RAS+ millimetres (also ``original_affine``);
+- ``spacing``, ``origin``, ``direction``: the same geometry split apart (RAS; direction columns are axes);
+- ``spatial_shape``, ``filename_or_obj``, ``format`` (``nifti``, ``nrrd``, ``mha``, ``mhd``, ``dicom``), ``space``;
+- ``original_dtype``: the dtype on disk. Torch has no full ``uint16``/``uint32`` support, so those load widened
+  losslessly to ``int32``/``int64`` and are narrowed back by :func:`save_image`;
+- for DICOM, the series' identifiers (see :func:`medseg.io.dicom.read_dicom_series`).
+
+Voxels are kept in the order they are stored (no reorientation); the affine says where each one is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.utils import SpaceKeys
+
+from medseg.errors import ImageContentError, ImageReadError, ImageWriteError
+from medseg.io.geometry import LPS_TO_RAS, affine_from_geometry, geometry_from_affine, is_orthonormal
+
+#: File endings read and written by each backend (DICOM series are folders).
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+WRITE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+# dtypes torch cannot compute with, widened losslessly on load.
+_WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.bool_): np.uint8}
+
+
+def image_suffix(path: str | Path) -> str:
+    """The lower-case image ending of ``path`` (``.nii.gz`` counts as one ending), or ``""`` when unknown."""
+    name = str(path).lower()
+    for suffix in WRITE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def image_format(path: str | Path) -> str:
+    """Name of the format of ``path``: ``nifti``, ``nrrd``, ``mha``, ``mhd`` or ``dicom`` (a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        return "dicom"
+    suffix = image_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    if suffix in (".nrrd", ".nhdr"):
+        return "nrrd"
+    if suffix in (".mha", ".mhd"):
+        return suffix[1:]
+    if suffix == "" and path.suffix.lower() in (".dcm", ".ima", ""):
+        return "dicom"
+    return ""
+
+
+def is_image_path(path: str | Path) -> bool:
+    """Whether ``path`` is a file medseg reads as an image (by its ending) or a folder (a DICOM series)."""
+    path = Path(path)
+    return path.is_dir() or image_suffix(path) != ""
+
+
+def make_image(
+    array: np.ndarray, affine: np.ndarray, meta: Mapping[str, Any] | None = None, *, original_dtype: Any = None
+) -> MetaTensor:
+    """Wrap a channel-first array ``(C, *spatial)`` and its RAS affine into a ``MetaTensor`` with medseg's meta keys.
+
+    Args:
+        array: Voxel values, channel first.
+        affine: 4×4 voxel-to-world affine, RAS+ mm.
+        meta: Extra metadata (source file, format, DICOM identifiers, …).
+        original_dtype: dtype on disk, when it differs from ``array.dtype``.
+    """
+    array = np.asarray(array)
+    original = np.dtype(original_dtype if original_dtype is not None else array.dtype)
+    widened = _WIDEN.get(array.dtype)
+    if widened is not None:
+        array = array.astype(widened)
+    affine = np.asarray(affine, dtype=np.float64)
+    geometry = geometry_from_affine(affine, array.shape[1:])
+    full_meta: dict[str, Any] = dict(meta or {})
+    full_meta.update(
+        {
+            "original_affine": affine.copy(),
+            "spacing": geometry.spacing,
+            "origin": geometry.origin,
+            "direction": geometry.direction,
+            "spatial_shape": tuple(int(s) for s in array.shape[1:]),
+            "original_dtype": original.str,
+            "space": SpaceKeys.RAS,
+        }
+    )
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return MetaTensor(tensor, affine=torch.as_tensor(affine, dtype=torch.float64), meta=full_meta)
+
+
+def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor:
+    """Load an image file or a DICOM series folder as a channel-first ``MetaTensor`` with RAS geometry.
+
+    Args:
+        path: A ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, a DICOM file, or a folder holding
+            one DICOM series (searched recursively).
+        series_uid: For a DICOM folder with several series, the SeriesInstanceUID to read.
+
+    Returns:
+        ``MetaTensor`` of shape ``(C, *spatial)``; see the module docstring for its ``meta``.
+
+    Raises:
+        ImageReadError: The path is missing, not an image, truncated or corrupt.
+        DicomSeriesError: A DICOM folder holds no series, or several and none was chosen.
+        GeometryError: A DICOM series' geometry cannot be trusted (missing slices, tilt, mixed orientations…).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError("no such file or folder", path)
+    fmt = image_format(path)
+    if fmt == "dicom":
+        from medseg.io.dicom import read_dicom_series
+
+        return read_dicom_series(path, series_uid=series_uid)
+    if fmt == "nifti":
+        return _read_nifti(path)
+    if fmt in ("nrrd", "mha", "mhd"):
+        return _read_itk(path, fmt)
+    raise ImageReadError(
+        f"unsupported file type '{path.suffix}' (supported: {', '.join(WRITE_SUFFIXES)}, or a DICOM series folder)",
+        path,
+    )
+
+
+def apply_rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Apply ``raw * slope + intercept``, staying integer (smallest fitting signed type) when that is exact."""
+    if slope == 1 and intercept == 0:
+        return raw
+    if np.issubdtype(raw.dtype, np.integer) and float(slope).is_integer() and float(intercept).is_integer():
+        out = raw.astype(np.int64) * int(slope) + int(intercept)
+        lo, hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
+        for candidate in (np.int16, np.int32):
+            info = np.iinfo(candidate)
+            if info.min <= lo and hi <= info.max:
+                return out.astype(candidate)
+        return out
+    return (raw.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _describe_read_failure(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "file is truncated (the compressed stream ends early)"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "not a gzip file" in text.lower():
+        return "not a gzip-compressed file although it ends in .gz"
+    return text[:300]
+
+
+def _read_nifti(path: Path) -> MetaTensor:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise ImageReadError(f"not a readable NIfTI file: {_describe_read_failure(exc)}", path) from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ImageReadError(f"not a NIfTI image ({type(img).__name__})", path)
+    proxy = img.dataobj
+    try:
+        raw = np.asarray(proxy.get_unscaled())  # type: ignore[union-attr]
+    except Exception as exc:
+        raise ImageReadError(f"cannot read the voxel data: {_describe_read_failure(exc)}", path) from exc
+    slope = float(getattr(proxy, "slope", 1.0))
+    inter = float(getattr(proxy, "inter", 0.0))
+    if not np.isfinite(slope) or slope == 0:
+        slope = 1.0
+    if not np.isfinite(inter):
+        inter = 0.0
+    data = apply_rescale(raw, slope, inter)
+    if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, 1, c): NIfTI's vector layout
+        data = data[:, :, :, 0, :]
+    if data.ndim <= 3:
+        data = data[None]
+    elif data.ndim == 4:
+        data = np.moveaxis(data, 3, 0)
+    else:
+        raise ImageReadError(f"{data.ndim}D NIfTI data of shape {data.shape} is not supported", path)
+    meta = {"filename_or_obj": str(path), "format": "nifti"}
+    return make_image(data, img.affine, meta)
+
+
+def _itk_to_ras_affine(image: Any) -> np.ndarray:
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    affine = affine_from_geometry(image.GetSpacing(), image.GetOrigin(), direction)
+    return LPS_TO_RAS @ affine
+
+
+def _read_itk(path: Path, fmt: str) -> MetaTensor:
+    import SimpleITK as sitk
+
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        image = reader.Execute()
+    except Exception as exc:
+        raise ImageReadError(f"not a readable {fmt.upper()} file: {_itk_message(exc)}", path) from exc
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        raise ImageReadError(f"{dim}D images are not supported (2D or 3D, with optional vector components)", path)
+    array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    array = np.moveaxis(array, -1, 0) if ncomp > 1 else array[None]  # (c, z, y, x)
+    array = np.ascontiguousarray(np.moveaxis(array, range(1, dim + 1), range(dim, 0, -1)))  # (c, x, y, z)
+    meta = {"filename_or_obj": str(path), "format": fmt}
+    return make_image(array, _itk_to_ras_affine(image), meta)
+
+
+def _itk_message(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "Description:" in line or "ERROR" in line.upper()]
+    text = (useful or lines or [type(exc).__name__])[-1]
+    return text.replace("Description:", "").strip()[:300]
+
+
+def check_finite(image: torch.Tensor, path: str | Path | None = None) -> None:
+    """Raise :class:`ImageContentError` when ``image`` holds NaN or infinite values (their count is reported)."""
+    if image.is_floating_point():
+        bad = int((~torch.isfinite(image)).sum())
+        if bad:
+            nan = int(torch.isnan(image).sum())
+            raise ImageContentError(f"{bad} non-finite voxels ({nan} NaN, {bad - nan} Inf)", path)
+
+
+def require_3d(image: torch.Tensor, path: str | Path | None = None, *, channels: int | None = 1) -> None:
+    """Raise :class:`ImageContentError` unless ``image`` is ``(C, X, Y, Z)`` with ``channels`` channels (None: any)."""
+    if image.ndim != 4:
+        found = f"{image.ndim - 1} spatial dimensions {tuple(image.shape[1:])}"
+        raise ImageContentError(f"expected a 3D volume, got {found}", path)
+    if channels is not None and image.shape[0] != channels:
+        raise ImageContentError(
+            f"expected {channels} channel(s), got {image.shape[0]} (a 4D image where a 3D volume is needed?)", path
+        )
+
+
+def _narrowed(array: np.ndarray, original_dtype: str | None) -> np.ndarray:
+    """Choose the on-disk dtype: undo load-time widening, and store torch's int64/bool as the smallest fitting type."""
+    if original_dtype is not None:
+        original = np.dtype(original_dtype)
+        if original != np.bool_ and original in _WIDEN and np.dtype(_WIDEN[original]) == array.dtype:
+            return array.astype(original)
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype == np.int64:
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for candidate in (np.uint8, np.int16, np.int32):
+            info = np.iinfo(candidate)
+            if info.min <= lo and hi <= info.max:
+                return array.astype(candidate)
+    return array
+
+
+def save_image(
+    image: torch.Tensor | np.ndarray, path: str | Path, *, affine: np.ndarray | None = None
+) -> Path:
+    """Write a channel-first image to NIfTI, NRRD or MetaImage, chosen by the ending of ``path``.
+
+    The file is written atomically (to a temporary name, then renamed), so a crash never leaves a half-written image.
+
+    Args:
+        image: ``(C, *spatial)`` ``MetaTensor`` (its ``affine`` is used) or array. ``C > 1`` is written as the 4th
+            NIfTI axis or as vector components.
+        path: Output file; its ending picks the format: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``.
+        affine: RAS+ affine, required for plain arrays; overrides the ``MetaTensor``'s own.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImageWriteError: Unknown ending, an affine the format cannot store (shear in NRRD/MetaImage), bad shape.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix == "":
+        raise ImageWriteError(f"unknown output format (use one of {', '.join(WRITE_SUFFIXES)})", path)
+    meta = getattr(image, "meta", {}) or {}
+    if affine is None:
+        if "affine" not in meta:
+            raise ImageWriteError("no affine: pass affine= for a plain array", path)
+        affine = np.asarray(meta["affine"], dtype=np.float64)
+    affine = np.asarray(affine, dtype=np.float64)
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim not in (3, 4):
+        problem = f"expected a channel-first array (C, *spatial) with 2 or 3 spatial axes, got {array.shape}"
+        raise ImageWriteError(problem, path)
+    array = _narrowed(array, meta.get("original_dtype"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".medseg-write-", dir=path.parent))
+    try:
+        target = tmpdir / path.name
+        if suffix in NIFTI_SUFFIXES:
+            _write_nifti(array, affine, target)
+        else:
+            _write_itk(array, affine, target, path)
+        written = sorted(tmpdir.iterdir(), key=lambda p: p == target)  # data files first, the named file last
+        for item in written:
+            os.replace(item, path.parent / item.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+def _write_nifti(array: np.ndarray, affine: np.ndarray, target: Path) -> None:
+    import nibabel as nib
+
+    data = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_data_dtype(data.dtype)
+    nib.save(img, str(target))
+
+
+def _write_itk(array: np.ndarray, affine: np.ndarray, target: Path, path: Path) -> None:
+    import SimpleITK as sitk
+
+    dim = array.ndim - 1
+    geometry = geometry_from_affine(LPS_TO_RAS @ affine, array.shape[1:])
+    direction = np.asarray(geometry.direction)
+    if not is_orthonormal(direction):
+        raise ImageWriteError("the affine has shear, which NRRD/MetaImage cannot store (write NIfTI instead)", path)
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    zyx = np.moveaxis(array, range(1, dim + 1), range(dim, 0, -1))  # (c, z, y, x)
+    if array.shape[0] == 1:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(zyx[0]))
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(zyx, 0, -1)), isVector=True)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(tuple(direction.ravel()))
+    try:
+        sitk.WriteImage(image, str(target), useCompression=True)
+    except Exception as exc:
+        raise ImageWriteError(f"cannot write: {_itk_message(exc)}", path) from exc

@@ -1,0 +1,1 @@
+"""Small helpers shared by every layer (no imports from the rest of medseg)."""
