@@ -16,7 +16,8 @@ of producing a silently wrong volume:
 
 Pixel data in the compressed transfer syntaxes of real archives (JPEG baseline/extended/lossless, JPEG-LS,
 JPEG 2000) is decoded through pydicom's GDCM plugin (``pip install 'medseg[dicom]'``); RLE is decoded by pydicom.
-Files in a folder that are not DICOM (no ``DICM`` preamble) are ignored; DICOMDIR files and DICOM Segmentation
+Files in a folder that are not DICOM (no ``DICM`` preamble, nor a preamble-less start at group 0002/0008) are
+ignored; DICOMDIR files and DICOM Segmentation
 objects are skipped, so a SEG written next to its source series does not disturb re-reading that series.
 """
 
@@ -79,21 +80,32 @@ class _Slice:
 
 
 def _is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file (``DICM`` after the 128-byte preamble), or a preamble-less one at group 2 or 8."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
+            head = handle.read(132)
     except OSError:
         return False
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    group, element = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+    return group in (0x0002, 0x0008) and element < 0x0100
 
 
-def _read_header(path: Path) -> Any:
+def _read_header(path: Path, *, pixels: bool = False) -> Any:
+    """Parse a DICOM file (headers only unless ``pixels``); a parse failure or a missing SOP class means corrupt."""
     import pydicom
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
+        ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels, force=True)
     except Exception as exc:
         raise ImageReadError(f"corrupt DICOM file: {' '.join(str(exc).split())[:200]}", path) from exc
+    meta = getattr(ds, "file_meta", None)
+    if "SOPClassUID" not in ds and (meta is None or "MediaStorageSOPClassUID" not in meta):
+        raise ImageReadError("corrupt DICOM file: no SOPClassUID (truncated, or not a DICOM object)", path)
+    return ds
 
 
 def _walk_files(folder: Path) -> list[Path]:
@@ -150,7 +162,7 @@ def scan_dicom(path: str | Path) -> list[SeriesInfo]:
         info.frames += int(ds.get("NumberOfFrames", 1) or 1)
     if not series:
         if path.is_file() and n_dicom == 0:
-            raise ImageReadError("not a DICOM file (no DICM preamble)", path)
+            raise ImageReadError("not a DICOM file", path)
         if n_dicom == 0:
             raise DicomSeriesError("no DICOM files found in this folder", path)
         found = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
@@ -360,8 +372,6 @@ def _pixel_array(ds: Any, path: Path) -> np.ndarray:
 
 def load_series(info: SeriesInfo, where: str | Path | None = None) -> Any:
     """Read the pixels of a scanned series into a RAS ``MetaTensor`` of shape ``(1, columns, rows, slices)``."""
-    import pydicom
-
     from medseg.io.image import apply_rescale, make_image
 
     where = where if where is not None else (info.files[0].parent if info.files else "")
@@ -376,11 +386,8 @@ def load_series(info: SeriesInfo, where: str | Path | None = None) -> Any:
     cache: dict[Path, np.ndarray] = {}
     for s in slices:
         if s.path not in cache:
-            try:
-                ds = pydicom.dcmread(str(s.path))
-            except Exception as exc:
-                raise ImageReadError(f"corrupt DICOM file: {' '.join(str(exc).split())[:200]}", s.path) from exc
-            cache = {s.path: _pixel_array(ds, s.path)}  # keep one file's pixels at a time
+            # keep one file's pixels at a time
+            cache = {s.path: _pixel_array(_read_header(s.path, pixels=True), s.path)}
         array = cache[s.path]
         frame = array if s.frame is None else array[s.frame]
         if frame.shape != s.matrix:

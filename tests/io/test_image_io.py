@@ -65,7 +65,7 @@ def test_round_trip_real_volume_every_format(tmp_path: Path, mni_crop, ending: s
 
 def test_nrrd_world_coordinates_match_simpleitk(tmp_path: Path, mni_crop) -> None:
     """Our RAS affine and SimpleITK's own LPS index-to-point mapping agree on every corner voxel."""
-    data, affine = mni_crop
+    data, _ = mni_crop
     aff = oblique_affine((0.9, 1.1, 3.0), (20.0, 5.0, -30.0), (-10.0, 40.0, 12.5))
     path = save_image(make_image(data[None], aff), tmp_path / "x.nrrd")
     image = sitk.ReadImage(str(path))
