@@ -397,9 +397,9 @@ def load_series(info: SeriesInfo, where: str | Path | None = None) -> Any:
     if len({(s.slope, s.intercept) for s in slices}) == 1:
         data = apply_rescale(raw, slices[0].slope, slices[0].intercept)
     else:
-        data = raw.astype(np.float64) * np.array([s.slope for s in slices])[:, None, None]
-        data = (data + np.array([s.intercept for s in slices])[:, None, None]).astype(np.float32)
-    data = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))[None]  # (1, columns, rows, slices)
+        data = raw.astype(np.float32) * np.array([s.slope for s in slices], dtype=np.float32)[:, None, None]
+        data += np.array([s.intercept for s in slices], dtype=np.float32)[:, None, None]
+    data = np.transpose(data, (2, 1, 0))[None]  # (1, columns, rows, slices): a view, columns fastest in memory
     ds0 = headers[slices[0].path]
     meta = {
         "filename_or_obj": str(where),

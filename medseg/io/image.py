@@ -105,7 +105,9 @@ def make_image(
             "space": SpaceKeys.RAS,
         }
     )
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if not array.flags.writeable:
+        array = array.copy()
+    tensor = torch.from_numpy(array)  # keeps the memory order (NIfTI and DICOM stacks are x-fastest)
     return MetaTensor(tensor, affine=torch.as_tensor(affine, dtype=torch.float64), meta=full_meta)
 
 
@@ -148,14 +150,23 @@ def apply_rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray
     if slope == 1 and intercept == 0:
         return raw
     if np.issubdtype(raw.dtype, np.integer) and float(slope).is_integer() and float(intercept).is_integer():
-        out = raw.astype(np.int64) * int(slope) + int(intercept)
-        lo, hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
-        for candidate in (np.int16, np.int32):
+        slope_i, intercept_i = int(slope), int(intercept)
+        lo, hi = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+        scaled = sorted((lo * slope_i, hi * slope_i))
+        bounds = (min(scaled[0], scaled[0] + intercept_i), max(scaled[1], scaled[1] + intercept_i))
+        for candidate in (np.int16, np.int32, np.int64):
             info = np.iinfo(candidate)
-            if info.min <= lo and hi <= info.max:
-                return out.astype(candidate)
-        return out
-    return (raw.astype(np.float64) * slope + intercept).astype(np.float32)
+            if info.min <= bounds[0] and bounds[1] <= info.max:
+                out = raw.astype(candidate)
+                if slope_i != 1:
+                    out *= slope_i
+                out += intercept_i
+                return out
+    out = raw.astype(np.float32)
+    if slope != 1:
+        out *= np.float32(slope)
+    out += np.float32(intercept)
+    return out
 
 
 def _describe_read_failure(exc: BaseException) -> str:
@@ -171,7 +182,7 @@ def _read_nifti(path: Path) -> MetaTensor:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), mmap=False)
     except Exception as exc:
         raise ImageReadError(f"not a readable NIfTI file: {_describe_read_failure(exc)}", path) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -222,7 +233,7 @@ def _read_itk(path: Path, fmt: str) -> MetaTensor:
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
     ncomp = image.GetNumberOfComponentsPerPixel()
     array = np.moveaxis(array, -1, 0) if ncomp > 1 else array[None]  # (c, z, y, x)
-    array = np.ascontiguousarray(np.moveaxis(array, range(1, dim + 1), range(dim, 0, -1)))  # (c, x, y, z)
+    array = np.moveaxis(array, range(1, dim + 1), range(dim, 0, -1))  # (c, x, y, z), a view
     meta = {"filename_or_obj": str(path), "format": fmt}
     return make_image(array, _itk_to_ras_affine(image), meta)
 
