@@ -45,9 +45,10 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, info
+    from medseg.cli import convert, dataset, info, models
 
     info.register(app)
+    models.register(app)
     convert.register(app)
     app.add_typer(dataset.app, name="dataset")
 

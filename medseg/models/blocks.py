@@ -1,0 +1,302 @@
+"""Building blocks shared by the model zoo: one implementation of each.
+
+Layers are chosen with MONAI's factories (``Conv[Conv.CONV, spatial_dims]``, ``Norm[...]``, ``Act[...]``,
+``Pool[...]``), so every block works in 2D and 3D.
+
+A normalisation or activation is given as a name or as ``(name, kwargs)``, e.g. ``"batch"`` or
+``("instance", {"eps": 1e-5, "affine": True})``, ``("leakyrelu", {"negative_slope": 0.01})``; ``None`` means none.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+from monai.networks.layers import Act, Conv, Norm, Pool
+from torch import nn
+
+from medseg.errors import ModelError
+
+__all__ = [
+    "ActSpec",
+    "ConvNormAct",
+    "NormSpec",
+    "ResidualBlockD",
+    "StackedConvNormAct",
+    "as_tuple",
+    "center_crop",
+    "check_valid_unet_input",
+    "make_act",
+    "make_conv",
+    "make_norm",
+    "make_pool",
+    "make_transposed_conv",
+    "valid_unet_output_size",
+]
+
+NormSpec = Union[str, tuple[str, dict[str, Any]], None]  # noqa: UP007 - a runtime alias, readable on py3.10
+ActSpec = Union[str, tuple[str, dict[str, Any]], None]  # noqa: UP007
+
+
+def as_tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
+    """Return ``value`` as an ``n``-tuple (an int is repeated)."""
+    if isinstance(value, int):
+        return (value,) * n
+    out = tuple(int(v) for v in value)
+    if len(out) != n:
+        raise ValueError(f"expected {n} values, got {out}")
+    return out
+
+
+def _split(spec: str | tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    if isinstance(spec, str):
+        return spec, {}
+    name, kwargs = spec
+    return name, dict(kwargs)
+
+
+def make_norm(norm: NormSpec, spatial_dims: int, channels: int) -> nn.Module | None:
+    """Normalisation layer for ``channels`` channels, or ``None`` (``norm=None``).
+
+    ``"group"`` takes ``num_groups`` in its kwargs; every other kind takes the channel count first.
+    """
+    if norm is None:
+        return None
+    name, kwargs = _split(norm)
+    if name.lower() == "group":
+        return Norm[Norm.GROUP, spatial_dims](num_channels=channels, **kwargs)
+    return Norm[name, spatial_dims](channels, **kwargs)
+
+
+def make_act(act: ActSpec, channels: int | None = None) -> nn.Module | None:
+    """Activation layer, or ``None``. A PReLU without ``num_parameters`` gets one slope per channel."""
+    if act is None:
+        return None
+    name, kwargs = _split(act)
+    if name.lower() == "prelu" and channels is not None:
+        kwargs.setdefault("num_parameters", channels)
+    return Act[name](**kwargs)
+
+
+def make_conv(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Sequence[int] = 3,
+    stride: int | Sequence[int] = 1,
+    padding: str | int | Sequence[int] = "same",
+    bias: bool = True,
+) -> nn.Module:
+    """Convolution; ``padding="same"`` pads ``kernel_size // 2`` per axis (odd kernels), ``"valid"`` pads 0."""
+    k = as_tuple(kernel_size, spatial_dims)
+    if padding == "same":
+        pad: int | tuple[int, ...] = tuple(ki // 2 for ki in k)
+    elif padding == "valid":
+        pad = 0
+    else:
+        pad = padding if isinstance(padding, int) else tuple(padding)
+    return Conv[Conv.CONV, spatial_dims](
+        in_channels, out_channels, kernel_size=k, stride=as_tuple(stride, spatial_dims), padding=pad, bias=bias
+    )
+
+
+def make_transposed_conv(
+    spatial_dims: int, in_channels: int, out_channels: int, stride: int | Sequence[int] = 2, bias: bool = True
+) -> nn.Module:
+    """Transposed convolution with kernel size = stride (the "up-convolution" of U-Net-like decoders)."""
+    s = as_tuple(stride, spatial_dims)
+    return Conv[Conv.CONVTRANS, spatial_dims](in_channels, out_channels, kernel_size=s, stride=s, bias=bias)
+
+
+def make_pool(kind: str, spatial_dims: int, size: int | Sequence[int] = 2) -> nn.Module:
+    """Max (``kind="max"``) or average (``"avg"``) pooling with kernel size = stride = ``size``."""
+    s = as_tuple(size, spatial_dims)
+    return Pool[kind, spatial_dims](kernel_size=s, stride=s)
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution, then (optional) dropout, normalisation and activation, in that order.
+
+    Shapes: ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial / stride)`` (minus ``kernel - 1`` per axis when
+    ``padding="valid"``).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: Kernel size, one int or one per axis.
+        stride: Stride, one int or one per axis.
+        padding: ``"same"``, ``"valid"`` or explicit padding.
+        bias: Whether the convolution has a bias.
+        norm: Normalisation (see module docstring) or ``None``.
+        act: Activation or ``None``.
+        dropout: Dropout probability after the convolution (0 for none).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] = "same",
+        bias: bool = True,
+        norm: NormSpec = None,
+        act: ActSpec = ("relu", {"inplace": True}),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.add_module("conv", make_conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding, bias))
+        if dropout > 0:
+            self.add_module("dropout", nn.Dropout(dropout))  # element-wise, as in the papers' Caffe/Keras code
+        norm_layer = make_norm(norm, spatial_dims, out_channels)
+        if norm_layer is not None:
+            self.add_module("norm", norm_layer)
+        act_layer = make_act(act, out_channels)
+        if act_layer is not None:
+            self.add_module("act", act_layer)
+
+
+class StackedConvNormAct(nn.Sequential):
+    """``n`` :class:`ConvNormAct` blocks; the first maps C_in to C_out with ``stride``, the others keep C_out.
+
+    Shapes: ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial / stride)``.
+
+    Args:
+        n: Number of blocks (at least 1).
+        spatial_dims: 2 or 3.
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: Kernel size of every block.
+        stride: Stride of the first block.
+        **kwargs: Further :class:`ConvNormAct` options (padding, bias, norm, act, dropout).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *[
+                ConvNormAct(spatial_dims, in_channels if i == 0 else out_channels, out_channels, kernel_size,
+                            stride if i == 0 else 1, **kwargs)
+                for i in range(n)
+            ]
+        )
+
+
+class ResidualBlockD(nn.Module):
+    """Basic residual block in the ResNet-D form used by nnU-Net's residual encoder.
+
+    Main path: conv-norm-act (with the stride), then conv-norm (no activation). Skip: identity, or average pooling
+    with kernel = stride when strided, followed by a bias-free 1x1 conv + norm when the channels change (ResNet-D:
+    He et al., "Bag of Tricks for Image Classification with Convolutional Neural Networks", CVPR 2019). The sum goes
+    through the activation.
+
+    Shapes: ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial / stride)``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: Kernel of both main-path convolutions.
+        stride: Stride of the first convolution (and of the skip pooling).
+        bias: Bias of the main-path convolutions.
+        norm: Normalisation.
+        act: Activation.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        bias: bool = True,
+        norm: NormSpec = ("instance", {"eps": 1e-5, "affine": True}),
+        act: ActSpec = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+    ) -> None:
+        super().__init__()
+        s = as_tuple(stride, spatial_dims)
+        self.conv1 = ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size, s, bias=bias, norm=norm, act=act)
+        self.conv2 = ConvNormAct(spatial_dims, out_channels, out_channels, kernel_size, 1, bias=bias, norm=norm,
+                                 act=None)
+        skip: list[nn.Module] = []
+        if any(si != 1 for si in s):
+            skip.append(make_pool("avg", spatial_dims, s))
+        if in_channels != out_channels:
+            skip.append(ConvNormAct(spatial_dims, in_channels, out_channels, 1, 1, bias=False, norm=norm, act=None))
+        self.skip = nn.Sequential(*skip) if skip else nn.Identity()
+        self.act = make_act(act, out_channels) or nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial / stride)``."""
+        return self.act(self.conv2(self.conv1(x)) + self.skip(x))
+
+
+def center_crop(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """Crop the centre ``spatial`` region of ``x`` (``(B, C, *spatial_x)``), as U-Net's valid-padding skips do."""
+    slices: list[slice] = [slice(None), slice(None)]
+    for have, want in zip(x.shape[2:], spatial, strict=True):
+        start = (have - want) // 2
+        slices.append(slice(start, start + want))
+    return x[tuple(slices)]
+
+
+def valid_unet_output_size(size: int, n_pool: int, n_conv: int = 2, kernel_size: int = 3) -> int | None:
+    """Output size of one axis of a U-Net with unpadded ("valid") convolutions, or ``None`` if the size is invalid.
+
+    Each level runs ``n_conv`` convolutions (each removes ``kernel_size - 1``); 2x max pooling needs an even size;
+    each 2x up-convolution doubles the size. The size is valid when every pooled size is even and positive.
+    """
+    shrink = n_conv * (kernel_size - 1)
+    s = size
+    for _ in range(n_pool):
+        s -= shrink
+        if s <= 0 or s % 2:
+            return None
+        s //= 2
+    s -= shrink
+    if s <= 0:
+        return None
+    for _ in range(n_pool):
+        s = 2 * s - shrink
+        if s <= 0:
+            return None
+    return s
+
+
+def check_valid_unet_input(name: str, spatial: Sequence[int], n_pool: int) -> tuple[int, ...]:
+    """Output spatial size of a valid-padding U-Net for input ``spatial``.
+
+    Raises:
+        ModelError: An axis size does not fit (a pooled size would be odd or not positive); the message names the
+            next valid size.
+    """
+    out = []
+    for s in spatial:
+        o = valid_unet_output_size(s, n_pool)
+        if o is None:
+            nxt = next(t for t in itertools.count(s) if valid_unet_output_size(t, n_pool))  # sizes recur every 2**n
+            raise ModelError(f"{name}: input spatial size {tuple(spatial)} does not fit padding='valid' (every "
+                             f"pooled size must be even: sizes must be {2**n_pool}*k + {_valid_offset(n_pool)}); "
+                             f"the next valid size for {s} is {nxt}")
+        out.append(o)
+    return tuple(out)
+
+
+def _valid_offset(n_pool: int, n_conv: int = 2, kernel_size: int = 3) -> int:
+    shrink = n_conv * (kernel_size - 1)
+    # the smallest valid input, reduced modulo 2**n_pool
+    smallest = next(t for t in range(1, 2 ** (n_pool + 2) * shrink) if valid_unet_output_size(t, n_pool))
+    return smallest % 2**n_pool

@@ -1,0 +1,1 @@
+"""Registry entries for MONAI's implementations where they are the papers' reference code."""

@@ -1,0 +1,1 @@
+"""V-Net family."""
