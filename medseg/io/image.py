@@ -169,12 +169,15 @@ def apply_rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray
     return out
 
 
-def _describe_read_failure(exc: BaseException) -> str:
+def _describe_read_failure(exc: BaseException, path: Path) -> str:
     if isinstance(exc, EOFError):
         return "file is truncated (the compressed stream ends early)"
     text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.replace(f'"{path}"', "the file").replace(f"'{path}'", "the file").replace(str(path), "the file")
     if "not a gzip file" in text.lower():
         return "not a gzip-compressed file although it ends in .gz"
+    if "cannot work out file type" in text.lower():
+        return "no NIfTI-1 or NIfTI-2 header found"
     return text[:300]
 
 
@@ -184,14 +187,14 @@ def _read_nifti(path: Path) -> MetaTensor:
     try:
         img = nib.load(str(path), mmap=False)
     except Exception as exc:
-        raise ImageReadError(f"not a readable NIfTI file: {_describe_read_failure(exc)}", path) from exc
+        raise ImageReadError(f"not a readable NIfTI file: {_describe_read_failure(exc, path)}", path) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageReadError(f"not a NIfTI image ({type(img).__name__})", path)
     proxy = img.dataobj
     try:
         raw = np.asarray(proxy.get_unscaled())  # type: ignore[union-attr]
     except Exception as exc:
-        raise ImageReadError(f"cannot read the voxel data: {_describe_read_failure(exc)}", path) from exc
+        raise ImageReadError(f"cannot read the voxel data: {_describe_read_failure(exc, path)}", path) from exc
     slope = float(getattr(proxy, "slope", 1.0))
     inter = float(getattr(proxy, "inter", 0.0))
     if not np.isfinite(slope) or slope == 0:
