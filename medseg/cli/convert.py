@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Convert an image, keeping its voxel values and geometry (affine, spacing, direction) exactly."""
+        import numpy as np
+
         from medseg.io import load_image, orientation_code, save_image
 
         image = load_image(source, series_uid=series_uid)
@@ -28,6 +30,6 @@ def register(app: typer.Typer) -> None:
         channels = f", {image.shape[0]} channels" if image.shape[0] > 1 else ""
         typer.echo(
             f"wrote {output}: {shape} voxels{channels}, {spacing} mm, "
-            f"{orientation_code(image.meta['affine'])}, {image.meta['original_dtype']}"
+            f"{orientation_code(image.meta['affine'])}, {np.dtype(image.meta['original_dtype']).name}"
         )
 

@@ -39,7 +39,23 @@ def _rows(family: str | None) -> list[dict[str, Any]]:
 
 
 def _millions(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f}M"
+    return "—" if n is None else f"{n / 1e6:.2f}M"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The model table in Markdown, as the README shows it."""
+    lines = [
+        "| name | family | dims | parameters at the paper's configuration | paper's figure | deep supervision |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        dims = ", ".join(f"{d}D" for d in r["spatial_dims"])
+        supervision = "yes" if r["deep_supervision"] else "no"
+        lines.append(
+            f"| {r['name']} | {r['family']} | {dims} | {_millions(r['parameters'])} | "
+            f"{_millions(r['paper_parameters'])} | {supervision} |"
+        )
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
@@ -49,17 +65,21 @@ def register(app: typer.Typer) -> None:
     def models(
         as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
         family: str | None = typer.Option(None, "--family", help="Only the models of this family."),
-    ) -> int:
+        as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (as in the README)."),
+    ) -> None:
         """List the model zoo: dims, parameters at the paper's configuration, the paper's figure, deep supervision."""
         rows = _rows(family)
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
-            return 0
+            return
+        if as_markdown:
+            typer.echo(markdown_table(rows))
+            return
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title="medseg models (parameters at each paper's configuration)", show_header=True)
-        for col in ("name", "family", "dims", "parameters", "paper figure", "deep supervision", "year"):
+        for col in ("name", "family", "dims", "params", "paper", "deep sup.", "year"):
             table.add_column(col, no_wrap=True)
         for r in rows:
             table.add_row(
@@ -71,5 +91,6 @@ def register(app: typer.Typer) -> None:
                 "yes" if r["deep_supervision"] else "no",
                 str(r["year"]),
             )
-        Console().print(table)
-        return 0
+        console = Console()
+        console.width = max(console.width, 100)
+        console.print(table)

@@ -181,7 +181,9 @@ def choose_series(series: list[SeriesInfo], series_uid: str | None, path: str | 
     if len(series) == 1:
         return series[0]
     listing = "; ".join(info.summary() for info in series)
-    raise DicomSeriesError(f"{len(series)} series found, choose one by SeriesInstanceUID: {listing}", path)
+    raise DicomSeriesError(
+        f"{len(series)} series found, choose one by SeriesInstanceUID (--series-uid): {listing}", path
+    )
 
 
 def read_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Any:
