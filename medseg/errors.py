@@ -57,3 +57,7 @@ class ConfigError(MedsegError):
 
 class ModelError(MedsegError):
     """A model cannot be built or run as asked: unknown name, unsupported dims or option, an input it cannot take."""
+
+
+class PlanningError(MedsegError):
+    """A dataset fingerprint or experiment plan cannot be computed or read: no labelled cases, bad or outdated file."""

@@ -45,12 +45,13 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, info, models
+    from medseg.cli import convert, dataset, info, models, planning
 
     info.register(app)
     models.register(app)
     convert.register(app)
     app.add_typer(dataset.app, name="dataset")
+    planning.register(app)
 
 
 _register_subcommands()
