@@ -20,6 +20,7 @@ Cases run in a process pool, one case at a time per worker; the parent keeps at 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -66,32 +67,39 @@ def bounding_box(mask: np.ndarray) -> list[tuple[int, int]]:
 def _load_case(image_paths: Sequence[str], label_path: str, multichannel: bool, n_channels: int) -> tuple[
     np.ndarray, np.ndarray, tuple[float, ...]
 ]:
-    from medseg.io import load_image
+    from medseg.io import check_finite, grid_differences, load_image
 
     arrays = []
+    first = None
     spacing: tuple[float, ...] | None = None
     shape = None
     for path in image_paths:
         image = load_image(path)
         if image.ndim != 4:
             raise PlanningError(f"expected a 3D image, got {image.ndim - 1} spatial axes", path)
+        check_finite(image, path)
+        if first is None:
+            first = image
         array = image.numpy()
         if shape is None:
             shape, spacing = array.shape[1:], tuple(float(s) for s in image.meta["spacing"])
-        elif array.shape[1:] != shape:
-            raise PlanningError(f"channel grid {array.shape[1:]} differs from the first channel's {shape}", path)
+        elif differences := grid_differences(image, first):
+            raise PlanningError(f"channel grid differs from the first channel's: {'; '.join(differences)}", path)
         arrays.append(array)
-        del image
     data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
     if data.shape[0] != n_channels:
         what = "file holds" if multichannel else "case has"
         raise PlanningError(f"the {what} {data.shape[0]} channels, the manifest declares {n_channels}",
                             image_paths[0])
     label_img = load_image(label_path)
+    check_finite(label_img, label_path)
     label = label_img.numpy()
     if label.shape[0] != 1 or label.shape[1:] != data.shape[1:]:
         raise PlanningError(f"label grid {tuple(label.shape[1:])} (channels {label.shape[0]}) does not match the "
                             f"image grid {tuple(data.shape[1:])}", label_path)
+    differences = grid_differences(label_img, first)
+    if differences:
+        raise PlanningError(f"label grid differs from the image: {'; '.join(differences)}", label_path)
     assert spacing is not None
     return data, label[0], spacing
 
@@ -297,6 +305,7 @@ def compute_fingerprint(
         "medseg_version": __version__,
         "dataset_name": manifest.name,
         "manifest": str(manifest.source) if manifest.source is not None else None,
+        "inputs_digest": inputs_digest(manifest),
         "channels": [{"name": c.name, "modality": c.modality} for c in manifest.channels],
         "labels": dict(manifest.labels),
         "num_cases": len(per_case),
@@ -316,18 +325,44 @@ def compute_fingerprint(
     }
 
 
+def inputs_digest(manifest: Any) -> str:
+    """SHA-256 over the labelled cases' ids, resolved file paths, sizes and modification times.
+
+    Any change to which files a case uses, or to the files themselves (a DICOM folder counts every file in it),
+    changes the digest, so a stored fingerprint is reused only for exactly the data it describes.
+    """
+    digest = hashlib.sha256()
+
+    def add_path(path: Path) -> None:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            try:
+                stat = file.stat()
+                digest.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{file}|missing\n".encode())
+
+    for case in manifest.labelled_cases:
+        digest.update(f"case {case.id}\n".encode())
+        for path in [*manifest.image_paths(case), manifest.label_path(case)]:
+            add_path(Path(path))
+    return digest.hexdigest()
+
+
 def fingerprint_matches(fingerprint: Mapping[str, Any], manifest: Any) -> bool:
-    """Whether ``fingerprint`` was computed for the labelled cases, channels and labels ``manifest`` has now."""
+    """Whether ``fingerprint`` was computed from exactly the cases, files, channels and labels ``manifest`` has now."""
     try:
         ids = [c["id"] for c in fingerprint["cases"]]
         channels = [(c["name"], c["modality"]) for c in fingerprint["channels"]]
         labels = dict(fingerprint["labels"])
+        digest = fingerprint["inputs_digest"]
     except (KeyError, TypeError):
         return False
     return (
         ids == [c.id for c in manifest.labelled_cases]
         and channels == [(c.name, c.modality) for c in manifest.channels]
         and labels == dict(manifest.labels)
+        and digest == inputs_digest(manifest)
     )
 
 

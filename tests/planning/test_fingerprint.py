@@ -107,19 +107,26 @@ def test_fingerprint_errors(tmp_path, mni_dataset):
     manifest = json.loads(mni_dataset["manifest"].read_text())
     root = mni_dataset["manifest"].parent
     # an undeclared label value
-    lbl = np.asanyarray(nib.load(root / "mni_a_seg.nii.gz").dataobj).copy()
+    reference = nib.load(root / "mni_a_seg.nii.gz")
+    lbl = np.asanyarray(reference.dataobj).copy()
     lbl[0, 0, 0] = 7
-    nib.save(nib.Nifti1Image(lbl, np.eye(4)), tmp_path / "bad_seg.nii.gz")
+    nib.save(nib.Nifti1Image(lbl, reference.affine), tmp_path / "bad_seg.nii.gz")
     bad = dict(manifest, cases=[{"id": "a", "images": [str(root / "mni_a_t1.nii.gz")],
                                  "label": str(tmp_path / "bad_seg.nii.gz")}])
     (tmp_path / "m.json").write_text(json.dumps(bad))
     with pytest.raises(PlanningError, match=r"label values \[7\] are not declared"):
         compute_fingerprint(tmp_path / "m.json", workers=1)
     # a label on another grid
-    nib.save(nib.Nifti1Image(lbl[:-1], np.eye(4)), tmp_path / "small_seg.nii.gz")
+    nib.save(nib.Nifti1Image(lbl[:-1], reference.affine), tmp_path / "small_seg.nii.gz")
     bad["cases"][0]["label"] = str(tmp_path / "small_seg.nii.gz")
     (tmp_path / "m.json").write_text(json.dumps(bad))
     with pytest.raises(PlanningError, match="does not match the image grid"):
+        compute_fingerprint(tmp_path / "m.json", workers=1)
+    # a label with the right shape but another spacing
+    nib.save(nib.Nifti1Image(lbl, np.eye(4)), tmp_path / "spaced_seg.nii.gz")
+    bad["cases"][0]["label"] = str(tmp_path / "spaced_seg.nii.gz")
+    (tmp_path / "m.json").write_text(json.dumps(bad))
+    with pytest.raises(PlanningError, match=r"label grid differs from the image: spacing"):
         compute_fingerprint(tmp_path / "m.json", workers=1)
     # no labelled case
     unl = dict(manifest, cases=[{"id": "a", "images": [str(root / "mni_a_t1.nii.gz")]}])
