@@ -105,3 +105,20 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     args = ["convert", str(tmp_path / "none.nii.gz"), str(tmp_path / "o.nii.gz"), "--debug"]
     done = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "Traceback" in done.stderr and "no such file or folder" in done.stderr
+
+
+def test_info_lists_cuda_devices_with_name_and_memory(monkeypatch, capsys) -> None:
+    """Where CUDA is present, `medseg info` names each GPU with its memory (simulated here: CI has no GPU)."""
+    import types
+
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    code, out, _ = run(capsys, "info", "--json")
+    cuda = json.loads(out)["devices"][1]
+    assert code == 0 and cuda == {"device": "cuda:0", "name": props.name, "memory_gb": 80.0, "capability": "9.0"}
+    code, out, _ = run(capsys, "info")
+    assert "NVIDIA H100 80GB HBM3" in out and "80.0 GiB" in out
