@@ -10,7 +10,7 @@ A normalisation or activation is given as a name or as ``(name, kwargs)``, e.g. 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
@@ -300,3 +300,255 @@ def _valid_offset(n_pool: int, n_conv: int = 2, kernel_size: int = 3) -> int:
     # the smallest valid input, reduced modulo 2**n_pool
     smallest = next(t for t in range(1, 2 ** (n_pool + 2) * shrink) if valid_unet_output_size(t, n_pool))
     return smallest % 2**n_pool
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dense connectivity (DenseNet family): pre-activation layers and the dense block.
+
+
+class NormActConv(nn.Sequential):
+    """Pre-activation layer: normalisation, activation, convolution, with optional dropout (DenseNet's ``H_l``).
+
+    Huang et al., "Densely Connected Convolutional Networks", CVPR 2017: each layer is BN, ReLU, then convolution.
+    Dropout goes after the convolution (FC-DenseNet: "BN, ReLU, 3x3 convolution and dropout") or, with
+    ``dropout_before_conv=True``, between the activation and the convolution (HyperDenseNet's layers).
+
+    Shapes: ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial / stride)`` (minus ``kernel - 1`` per axis when
+    ``padding="valid"``).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: C_in (the normalisation runs on the input channels).
+        out_channels: C_out.
+        kernel_size: Kernel size, one int or one per axis.
+        stride: Stride, one int or one per axis.
+        padding: ``"same"``, ``"valid"`` or explicit padding.
+        bias: Whether the convolution has a bias.
+        norm: Normalisation of the input, or ``None``.
+        act: Activation after the normalisation, or ``None``.
+        dropout: Element-wise dropout probability (0 for none).
+        dropout_before_conv: Put the dropout before the convolution instead of after it.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] = "same",
+        bias: bool = True,
+        norm: NormSpec = "batch",
+        act: ActSpec = ("relu", {"inplace": True}),
+        dropout: float = 0.0,
+        dropout_before_conv: bool = False,
+    ) -> None:
+        super().__init__()
+        norm_layer = make_norm(norm, spatial_dims, in_channels)
+        if norm_layer is not None:
+            self.add_module("norm", norm_layer)
+        act_layer = make_act(act, in_channels)
+        if act_layer is not None:
+            self.add_module("act", act_layer)
+        if dropout > 0 and dropout_before_conv:
+            self.add_module("dropout", nn.Dropout(dropout))
+        self.add_module("conv", make_conv(spatial_dims, in_channels, out_channels, kernel_size, stride, padding, bias))
+        if dropout > 0 and not dropout_before_conv:
+            self.add_module("dropout", nn.Dropout(dropout))
+
+
+class DenseBlock(nn.Module):
+    """Dense block: layer ``i`` sees the concatenation of the block input and of the outputs of layers ``< i``.
+
+    Huang et al., "Densely Connected Convolutional Networks", CVPR 2017: ``x_l = H_l([x_0, x_1, ..., x_(l-1)])``;
+    each layer adds ``growth_rate`` channels. The default layer is :class:`NormActConv` (BN-ReLU-Conv); with
+    ``bottleneck_factor`` set it is DenseNet-B's BN-ReLU-Conv(1x1, ``bottleneck_factor * growth_rate``)-BN-ReLU-Conv.
+    A model whose layers differ (e.g. conv-norm-act with a special dropout) passes ``make_layer``; the dense
+    connectivity stays this one implementation.
+
+    Shapes: ``(B, C_in, *spatial)`` to ``(B, C_in + n_layers * growth_rate, *spatial)``, or to
+    ``(B, n_layers * growth_rate, *spatial)`` with ``return_only_new=True`` (FC-DenseNet's upsampling path).
+    :attr:`out_channels` holds the output channel count.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: C_in.
+        growth_rate: Channels each layer adds (k).
+        n_layers: Number of layers.
+        kernel_size: Kernel of the (last) convolution of each layer.
+        bottleneck_factor: DenseNet-B bottleneck width as a multiple of ``growth_rate`` (``None``: no bottleneck).
+        norm: Normalisation of the default layers.
+        act: Activation of the default layers.
+        dropout: Dropout of the default layers (after each convolution).
+        bias: Bias of the default layers' convolutions.
+        return_only_new: Return only the layers' new feature maps, not the block input.
+        make_layer: Optional factory ``(in_channels, growth_rate) -> module`` replacing the default layer.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        growth_rate: int,
+        n_layers: int,
+        kernel_size: int | Sequence[int] = 3,
+        bottleneck_factor: int | None = None,
+        norm: NormSpec = "batch",
+        act: ActSpec = ("relu", {"inplace": True}),
+        dropout: float = 0.0,
+        bias: bool = True,
+        return_only_new: bool = False,
+        make_layer: Callable[[int, int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1 or growth_rate < 1:
+            raise ModelError(f"DenseBlock needs n_layers >= 1 and growth_rate >= 1, got {n_layers} and {growth_rate}")
+        self.return_only_new = return_only_new
+        self.layers = nn.ModuleList()
+        for i in range(n_layers):
+            cin = in_channels + i * growth_rate
+            if make_layer is not None:
+                layer = make_layer(cin, growth_rate)
+            elif bottleneck_factor:
+                width = bottleneck_factor * growth_rate
+                layer = nn.Sequential(
+                    NormActConv(spatial_dims, cin, width, 1, bias=bias, norm=norm, act=act, dropout=dropout),
+                    NormActConv(spatial_dims, width, growth_rate, kernel_size, bias=bias, norm=norm, act=act,
+                                dropout=dropout),
+                )
+            else:
+                layer = NormActConv(spatial_dims, cin, growth_rate, kernel_size, bias=bias, norm=norm, act=act,
+                                    dropout=dropout)
+            self.layers.append(layer)
+        self.out_channels = n_layers * growth_rate + (0 if return_only_new else in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, C_in, *spatial)`` to ``(B, out_channels, *spatial)``."""
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(torch.cat(features, dim=1) if len(features) > 1 else x))
+        return torch.cat(features[1:] if self.return_only_new else features, dim=1)
+
+
+__all__ += ["DenseBlock", "NormActConv"]
+
+
+# --- Attention and squeeze-and-excitation blocks (attention_unet, scse_unet) ---------------------------------------
+
+__all__ += ["ChannelSpatialSELayer", "GridAttentionGate", "SpatialSELayer", "resample_linear"]
+
+
+def resample_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resample ``x`` (``(B, C, *spatial)``) to ``size`` by (bi/tri)linear interpolation (``align_corners=False``)."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.dim() - 2]
+    return nn.functional.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+class SpatialSELayer(nn.Module):
+    """Spatial squeeze and channel excitation ("sSE") of Roy, Navab & Wachinger (MICCAI 2018).
+
+    A 1x1 convolution squeezes the channels to one map, a sigmoid turns it into spatial weights that rescale every
+    channel: ``x * sigmoid(conv1x1(x))``. Shapes: ``(B, C, *spatial)`` to the same.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: C.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int) -> None:
+        super().__init__()
+        self.conv = make_conv(spatial_dims, in_channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rescale ``x`` by its spatial excitation map."""
+        return x * torch.sigmoid(self.conv(x))
+
+
+class ChannelSpatialSELayer(nn.Module):
+    """Concurrent spatial and channel squeeze & excitation ("scSE", Roy, Navab & Wachinger, MICCAI 2018).
+
+    Paper: A. G. Roy, N. Navab, C. Wachinger, "Concurrent Spatial and Channel 'Squeeze & Excitation' in Fully
+    Convolutional Networks", MICCAI 2018 (arXiv:1803.02579), Section 2.
+
+    cSE: global average pooling, FC ``C -> C/r``, ReLU, FC ``C/r -> C``, sigmoid, channel-wise rescaling (MONAI's
+    :class:`monai.networks.blocks.ChannelSELayer`, which is exactly this; the paper uses ``r = 2``). sSE:
+    :class:`SpatialSELayer`. The two recalibrated maps are combined by element-wise addition (the paper's scSE); the
+    journal extension (Roy et al., IEEE TMI 2019) also studies the element-wise maximum (``combine="max"``).
+
+    Shapes: ``(B, C, *spatial)`` to the same.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: C.
+        reduction: Channel reduction ratio ``r`` of cSE (paper: 2).
+        combine: ``"add"`` (paper) or ``"max"``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, reduction: int = 2, combine: str = "add") -> None:
+        super().__init__()
+        from monai.networks.blocks import ChannelSELayer
+
+        if combine not in ("add", "max"):
+            raise ModelError(f"scSE: combine must be 'add' or 'max', got {combine!r}")
+        if reduction < 1 or in_channels // reduction < 1:
+            raise ModelError(f"scSE: reduction must be in [1, {in_channels}] for {in_channels} channels, got "
+                             f"{reduction}")
+        self.combine = combine
+        self.cse = ChannelSELayer(spatial_dims, in_channels, r=reduction)
+        self.sse = SpatialSELayer(spatial_dims, in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Recalibrate ``x`` channel-wise and spatially and combine the two."""
+        if self.combine == "max":
+            return torch.maximum(self.cse(x), self.sse(x))
+        return self.cse(x) + self.sse(x)
+
+
+class GridAttentionGate(nn.Module):
+    """Additive grid attention gate of Attention U-Net (Oktay et al., MIDL 2018), 2D or 3D.
+
+    Paper: O. Oktay et al., "Attention U-Net: Learning Where to Look for the Pancreas", MIDL 2018 (arXiv:1804.03999),
+    Section 2 (Eq. 1-2, Fig. 2). ``q = psi^T relu(W_x^T x + W_g^T g + b_g) + b_psi``, ``alpha = sigmoid(q)``, output
+    ``W(alpha * x)``. As in the authors' code: ``W_x`` is a bias-free convolution with kernel = stride =
+    ``subsample`` that brings ``x`` to (about) the resolution of the coarser gating signal; ``W_g`` a 1x1 convolution
+    with bias, whose output is resampled (linearly) to the size of ``W_x x``; ``psi`` a 1x1 convolution to one
+    channel; the coefficients ``alpha`` are resampled to the resolution of ``x`` by (bi/tri)linear interpolation; the
+    output transform ``W`` is a 1x1 convolution + normalisation.
+
+    Shapes: ``x`` ``(B, C_x, *spatial)`` and ``g`` ``(B, C_g, *spatial_g)`` (any coarser size) to
+    ``((B, C_x, *spatial), alpha (B, 1, *spatial))``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: C_x, channels of the gated (skip) features.
+        gating_channels: C_g, channels of the gating signal.
+        inter_channels: Channels of the intermediate space (the authors use C_x).
+        subsample: Kernel = stride of ``W_x`` (paper: 2).
+        norm: Normalisation of the output transform (paper: batch norm).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        gating_channels: int,
+        inter_channels: int | None = None,
+        subsample: int | Sequence[int] = 2,
+        norm: NormSpec = "batch",
+    ) -> None:
+        super().__init__()
+        inter = inter_channels or in_channels
+        s = as_tuple(subsample, spatial_dims)
+        self.theta = Conv[Conv.CONV, spatial_dims](in_channels, inter, kernel_size=s, stride=s, bias=False)
+        self.phi = make_conv(spatial_dims, gating_channels, inter, 1)
+        self.psi = make_conv(spatial_dims, inter, 1, 1)
+        self.out = ConvNormAct(spatial_dims, in_channels, in_channels, 1, norm=norm, act=None)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate ``x`` with ``g``; return the gated features and the attention coefficients."""
+        theta_x = self.theta(x)
+        phi_g = resample_linear(self.phi(g), theta_x.shape[2:])
+        alpha = torch.sigmoid(self.psi(torch.relu(theta_x + phi_g)))
+        alpha = resample_linear(alpha, x.shape[2:])
+        return self.out(alpha * x), alpha

@@ -1,0 +1,1 @@
+"""Attention-gated networks."""

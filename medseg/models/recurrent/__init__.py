@@ -1,0 +1,1 @@
+"""Recurrent convolutional networks."""

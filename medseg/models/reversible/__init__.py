@@ -1,0 +1,1 @@
+"""Reversible (memory-efficient) networks."""
