@@ -61,3 +61,11 @@ class ModelError(MedsegError):
 
 class PlanningError(MedsegError):
     """A dataset fingerprint or experiment plan cannot be computed or read: no labelled cases, bad or outdated file."""
+
+
+class EvaluationError(MedsegError):
+    """Predictions cannot be evaluated as asked: unpaired cases, mismatched grids, unknown labels or metrics."""
+
+
+class TrainingError(MedsegError):
+    """Training cannot run as asked: no dataset, a bad fold, a run folder whose config or plans differ on resume."""

@@ -28,7 +28,10 @@ def test_console_script_version() -> None:
     assert done.returncode == 0 and done.stdout.strip() == f"medseg {__version__}"
 
 
-COMMANDS = [[], ["info"], ["convert"], ["dataset"], ["dataset", "import"], ["dataset", "check"]]
+COMMANDS = [
+    [], ["info"], ["convert"], ["dataset"], ["dataset", "import"], ["dataset", "check"], ["models"],
+    ["fingerprint"], ["plan"], ["evaluate"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

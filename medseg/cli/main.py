@@ -45,13 +45,14 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, info, models, planning
+    from medseg.cli import convert, dataset, evaluate, info, models, planning
 
     info.register(app)
     models.register(app)
     convert.register(app)
     app.add_typer(dataset.app, name="dataset")
     planning.register(app)
+    evaluate.register(app)
 
 
 _register_subcommands()

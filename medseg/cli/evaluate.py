@@ -1,0 +1,154 @@
+"""``medseg evaluate``: score predicted label maps against references; write metrics.csv, summary.json, report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_METRICS_HELP = "Metrics, comma-separated: dice, iou, hd, hd95, assd, nsd (definitions: medseg/evaluation/METRICS.md)."
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from medseg.errors import EvaluationError
+
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise EvaluationError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _cell(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to ``app``."""
+
+    @app.command("evaluate")
+    def evaluate(
+        pred: Path = typer.Option(..., "--pred", help="Folder of predicted label maps (.nii.gz, .nii, .nrrd, .mha)."),
+        ref: Path = typer.Option(
+            ..., "--ref", help="Folder of reference label maps (paired by case id), or a dataset manifest."
+        ),
+        labels: str = typer.Option(
+            None,
+            "--labels",
+            help="Labels to evaluate: values (1,2), manifest names (liver,spleen) or name=value. "
+            "Default: the manifest's foreground labels, or every non-zero value found.",
+        ),
+        metrics: str = typer.Option("dice,iou,hd,hd95,assd,nsd", "--metrics", help=_METRICS_HELP),
+        nsd_tolerance_mm: str = typer.Option(
+            "1,2", "--nsd-tolerance-mm", help="NSD tolerances in mm, comma-separated."
+        ),
+        output: Path = typer.Option(
+            None,
+            "-o",
+            "--output",
+            help="Report folder for metrics.csv, summary.json, report.html (default: PRED/evaluation).",
+        ),
+        workers: int = typer.Option(None, "--workers", min=1, help="Worker processes (default: the CPUs, at most 4)."),
+        resample_to_ref: bool = typer.Option(
+            False, "--resample-to-ref", help="Resample predictions on another grid onto the reference's (nearest)."
+        ),
+        missing: str = typer.Option(
+            "error",
+            "--missing",
+            help="References without a prediction: error (list them and stop), empty (score them as empty "
+            "predictions: misses, kept in the means) or skip (leave them out; listed in summary.json).",
+        ),
+        images: Path = typer.Option(
+            None, "--images", help="Folder of images for the overlays, by case id (default: the manifest's images)."
+        ),
+        worst: int = typer.Option(5, "--worst", min=0, help="Cases with overlay thumbnails (lowest foreground Dice)."),
+        no_report: bool = typer.Option(False, "--no-report", help="Write metrics.csv and summary.json only."),
+    ) -> None:
+        """Evaluate predictions per case × class: Dice, IoU, Hausdorff (HD, HD95), ASSD, NSD, in millimetres.
+
+        Empty masks are never NaN and never dropped from means. Both empty: Dice 1, distance 0.
+
+        Exactly one empty: Dice 0, distance = the image diagonal (mm), counted as a miss.
+        """
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Table
+
+        from medseg.errors import EvaluationError
+        from medseg.evaluation.evaluate import default_workers, summarize, write_metrics_csv, write_summary_json
+        from medseg.evaluation.evaluate import evaluate as run_evaluation
+        from medseg.evaluation.report import REPORT_EXTRA_HINT, matplotlib_available, write_report
+
+        if missing not in ("error", "empty", "skip"):
+            raise EvaluationError(f"--missing must be error, empty or skip, got {missing!r}")
+        metric_names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
+        tolerances = _floats(nsd_tolerance_mm, "--nsd-tolerance-mm")
+        out_dir = output if output is not None else pred / "evaluation"
+        err = Console(stderr=True)
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("evaluating", total=None)
+
+            def on_case(done: int, total: int, case_id: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"evaluated {case_id}")
+
+            result = run_evaluation(
+                pred,
+                ref,
+                labels=labels,
+                metrics=metric_names,
+                nsd_tolerances_mm=tolerances,
+                workers=workers if workers is not None else default_workers(),
+                resample_to_ref=resample_to_ref,
+                missing=missing,  # type: ignore[arg-type]
+                images=images,
+                progress=on_case,
+            )
+        pairing = result.pairing
+        if pairing.unpaired_predictions:
+            err.print(
+                f"note: {len(pairing.unpaired_predictions)} predictions have no reference and were not evaluated: "
+                + ", ".join(pairing.unpaired_predictions[:10])
+                + (" …" if len(pairing.unpaired_predictions) > 10 else ""),
+                markup=False, highlight=False,
+            )
+        if pairing.missing_predictions:
+            what = "scored as empty predictions" if missing == "empty" else "left out"
+            err.print(
+                f"note: {len(pairing.missing_predictions)} references have no prediction ({what}): "
+                + ", ".join(pairing.missing_predictions[:10]),
+                markup=False, highlight=False,
+            )
+        csv_path = write_metrics_csv(result, out_dir / "metrics.csv")
+        json_path = write_summary_json(result, out_dir / "summary.json")
+
+        summary = summarize(result)
+        console = Console(width=None if Console().is_terminal else 160)
+        table = Table(title=f"{len(result.cases)} cases: mean ± std per class", show_header=True)
+        table.add_column("class")
+        for key in result.metric_keys:
+            table.add_column(key, justify="right")
+        for col in ("missed", "false pos.", "both empty"):
+            table.add_column(col, justify="right")
+        for value, name in result.labels.items():
+            stats, counts = summary["statistics"][str(value)], summary["counts"][str(value)]
+            cells = [_cell(stats[k]) for k in result.metric_keys]
+            cells += [str(counts[k]) for k in ("missed", "false_positive", "both_empty")]
+            table.add_row(escape(name if name == str(value) else f"{value} {name}"), *cells)
+        console.print(table)
+        console.print(f"wrote {csv_path}", markup=False, highlight=False)
+        console.print(f"wrote {json_path}", markup=False, highlight=False)
+        if no_report:
+            return
+        if not matplotlib_available():
+            err.print(f"no report.html: {REPORT_EXTRA_HINT}", markup=False, highlight=False)
+            return
+        report_path = write_report(result, out_dir / "report.html", worst=worst)
+        console.print(f"report: {report_path}", markup=False, highlight=False)
