@@ -46,14 +46,3 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not present at {SHARED_DATA}")
     return SHARED_DATA
-
-
-def oblique_affine(spacing: tuple[float, float, float], angles_deg: tuple[float, float, float],
-                   origin: tuple[float, float, float]) -> np.ndarray:
-    """A RAS affine rotated by Euler angles (degrees), with the given spacing and origin."""
-    from scipy.spatial.transform import Rotation
-
-    affine = np.eye(4)
-    affine[:3, :3] = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix() @ np.diag(spacing)
-    affine[:3, 3] = origin
-    return affine

@@ -10,12 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import oblique_affine
 from dicom_series import SYNTAXES, read_with_simpleitk, write_series
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from testutils import oblique_affine
 
 from medseg.errors import DicomSeriesError, GeometryError, ImageReadError
 from medseg.io import load_image, save_image, scan_dicom

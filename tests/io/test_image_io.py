@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_affine
+from testutils import oblique_affine
 
 from medseg.errors import ImageContentError, ImageReadError, ImageWriteError
 from medseg.io import (
