@@ -74,7 +74,8 @@ def _plans_summary(plans: Mapping[str, Any]) -> None:
 
     console = Console()
     console.print(
-        f"plans for {plans.get('dataset_name') or 'dataset'}: GPU memory target {plans['gpu_memory_gb']:g} GB, "
+        f"plans for {plans.get('dataset_name') or 'dataset'}: preset {plans.get('preset', 'default')} "
+        f"({plans.get('plans_identifier', 'medsegPlans')}), GPU memory target {plans['gpu_memory_gb']:g} GB, "
         f"transpose {plans['transpose_forward']}"
     )
     for name, cfg in plans["configurations"].items():
@@ -90,6 +91,9 @@ def _plans_summary(plans: Mapping[str, Any]) -> None:
         table.add_row("poolings per axis", _fmt(topo.get("num_pool_per_axis", [])))
         table.add_row("kernel sizes", " ".join("×".join(map(str, k)) for k in topo["kernel_sizes"]))
         table.add_row("features", " ".join(map(str, topo["features_per_stage"])))
+        if "n_blocks_per_stage" in topo:
+            table.add_row("residual blocks", " ".join(map(str, topo["n_blocks_per_stage"])))
+        table.add_row("data identifier", str(cfg["data_identifier"]))
         norm = ", ".join(
             f"{n['name']}: {n['scheme']}"
             + (" (nonzero mask)" if n.get("use_mask_for_norm") else "")
@@ -118,7 +122,7 @@ def _compute(manifest_path: Path, workers: int | None, max_samples: int) -> dict
 def register(app: typer.Typer) -> None:
     """Add the ``fingerprint`` and ``plan`` commands to ``app``."""
     from medseg.planning.fingerprint import DEFAULT_MAX_SAMPLES
-    from medseg.planning.planner import DEFAULT_MODEL
+    from medseg.planning.presets import DEFAULT_PRESET, PRESETS
 
     @app.command("fingerprint")
     def fingerprint(
@@ -144,11 +148,21 @@ def register(app: typer.Typer) -> None:
         fingerprint_path: Path = typer.Option(
             None, "--fingerprint", help="Fingerprint to use or write (default: fingerprint.json next to the plans)."
         ),
-        gpu_memory_gb: float = typer.Option(8.0, "--gpu-memory-gb", min=0.1, help="GPU memory target in GB."),
+        preset: str = typer.Option(
+            DEFAULT_PRESET, "--preset",
+            help=f"Planner preset: {', '.join(PRESETS)} (nnU-Net's default planner or ResEnc M/L/XL)."
+        ),
+        gpu_memory_gb: float = typer.Option(
+            None, "--gpu-memory-gb", min=0.1,
+            help="GPU memory target in GB (default: the preset's: default 8, resenc_m 8, resenc_l 24, resenc_xl 40)."
+        ),
         configs: str = typer.Option(
             "2d,3d_fullres,3d_lowres", "--configs", help="Configurations to plan (comma-separated)."
         ),
-        model: str = typer.Option(DEFAULT_MODEL, "--model", help="Registry key of the model the plans name."),
+        model: str = typer.Option(
+            None, "--model",
+            help="Registry key of the model the plans name (default: the preset's, nnunet or nnunet_resenc)."
+        ),
         workers: int = typer.Option(None, "--workers", "-j", min=1, help="Worker processes for the fingerprint."),
         max_samples: int = typer.Option(
             DEFAULT_MAX_SAMPLES, "--max-samples", min=1, help="Foreground voxels sampled for intensity statistics."
@@ -163,12 +177,14 @@ def register(app: typer.Typer) -> None:
             parse_configs,
             plan_experiment,
             resolve_model,
+            resolve_preset,
             save_fingerprint,
             save_plans,
         )
 
         wanted = parse_configs(configs)  # fail on a typo before reading any image
-        resolve_model(model, ())
+        _, _, planned_model, _ = resolve_preset(preset, gpu_memory_gb, model)
+        resolve_model(planned_model, ())
         loaded = load_manifest(manifest)
         fp_path = fingerprint_path if fingerprint_path is not None else output.parent / "fingerprint.json"
         fp = None
@@ -183,7 +199,7 @@ def register(app: typer.Typer) -> None:
             save_fingerprint(fp, fp_path)
             typer.echo(f"wrote {fp_path}")
         plans = plan_experiment(fp, gpu_memory_gb=gpu_memory_gb, configs=wanted, model=model,
-                                dataset_name=loaded.name)
+                                dataset_name=loaded.name, preset=preset)
         save_plans(plans, output)
         _plans_summary(plans)
         typer.echo(f"wrote {output}")

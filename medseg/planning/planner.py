@@ -17,6 +17,10 @@ segmentation", Nature Methods 18, 203-211, 2021; ``nnunetv2/experiment_planning/
 - ``3d_lowres`` when the full-resolution patch covers less than a quarter of the median image (spacing grown by 3%
   steps), dropped when it is not at least 2x smaller than full resolution; ``3d_cascade_fullres`` then refines it.
 
+The ``preset`` argument switches to nnU-Net's residual-encoder presets ResEnc M / L / XL (Isensee et al., "nnU-Net
+Revisited", MICCAI 2024; ``nnUNetPlannerResEncM/L/XL``): the residual-encoder U-Net's feature-map count as the
+estimate, the presets' GPU memory targets and references, and no 5% batch cap (see :mod:`medseg.planning.presets`).
+
 All arrays in a configuration (spacing, median size, patch size, kernel sizes, strides) are in the *transposed* axis
 order; ``transpose_forward`` maps it from the image's own (stored) axis order.
 """
@@ -32,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import PlanningError
+from medseg.planning.presets import DEFAULT_PLANS_IDENTIFIER, DEFAULT_PRESET, PRESETS, Preset
 from medseg.planning.schema import CASCADE, CONFIGURATIONS, PLANS_VERSION, parse_configs, validate_fingerprint
 
 #: An axis is anisotropic when its spacing is more than this many times the others' (nnU-Net's ``ANISO_THRESHOLD``).
@@ -45,15 +50,16 @@ MAX_FEATURES_2D = 512
 FEATUREMAP_MIN_EDGE_LENGTH = 4
 #: Convolutions per encoder / decoder stage.
 CONVS_PER_STAGE = 2
-#: Feature-map-size references (nnU-Net's ``UNet_reference_val_3d/2d``), valid for 8 GB and the batch sizes below.
-REFERENCE_VALUE_3D = 560_000_000
-REFERENCE_VALUE_2D = 85_000_000
-REFERENCE_GPU_MEMORY_GB = 8.0
-REFERENCE_BATCH_SIZE_3D = 2
-REFERENCE_BATCH_SIZE_2D = 12
+#: Feature-map-size references of the default planner (nnU-Net's ``UNet_reference_val_3d/2d``), valid for 8 GB and
+#: the batch sizes below; the presets' own values are in :data:`medseg.planning.presets.PRESETS`.
+REFERENCE_VALUE_3D = PRESETS[DEFAULT_PRESET].reference_value_3d
+REFERENCE_VALUE_2D = PRESETS[DEFAULT_PRESET].reference_value_2d
+REFERENCE_GPU_MEMORY_GB = PRESETS[DEFAULT_PRESET].reference_gpu_memory_gb
+REFERENCE_BATCH_SIZE_3D = PRESETS[DEFAULT_PRESET].reference_batch_size_3d
+REFERENCE_BATCH_SIZE_2D = PRESETS[DEFAULT_PRESET].reference_batch_size_2d
 MIN_BATCH_SIZE = 2
-#: A batch covers at most this fraction of the dataset's voxels.
-MAX_DATASET_COVERED = 0.05
+#: A batch of the default planner covers at most this fraction of the dataset's voxels.
+MAX_DATASET_COVERED = PRESETS[DEFAULT_PRESET].max_dataset_covered
 #: ``3d_lowres`` is made when the fullres patch covers less than this fraction of the median image.
 LOWRES_CREATION_THRESHOLD = 0.25
 #: Spacing growth per step while searching the ``3d_lowres`` spacing.
@@ -214,6 +220,52 @@ def conv_feature_map_size(
     return int(total)
 
 
+def residual_encoder_feature_map_size(
+    patch_size: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    features: Sequence[int],
+    n_blocks_per_stage: Sequence[int],
+    n_conv_per_stage_decoder: Sequence[int],
+    num_classes: int,
+    deep_supervision: bool = False,
+) -> int:
+    """Number of feature-map elements of nnU-Net's residual-encoder U-Net for one patch: the ResEnc VRAM estimate.
+
+    Counted analytically as ``ResidualEncoderUNet.compute_conv_feature_map_size`` of ``dynamic_network_architectures``
+    does (``ResidualEncoder`` + ``UNetDecoder``): the stem convolution's output (``features[0]`` at the input size);
+    per residual block (``BasicBlockD``) its two convolutions' outputs, plus the skip projection's output when the
+    block changes the channels or the size (the first block of every strided stage); the decoder as in
+    :func:`conv_feature_map_size`. Sizes are floor-divided by the strides.
+
+    Args:
+        patch_size: Input patch size.
+        strides: Stride per stage (the first block of a stage carries it).
+        features: Features per stage.
+        n_blocks_per_stage: Residual blocks per encoder stage.
+        n_conv_per_stage_decoder: Convolutions per decoder stage (lowest resolution first).
+        num_classes: Output channels.
+        deep_supervision: Count every decoder stage's segmentation output (the planner does not).
+
+    Returns:
+        The number of elements.
+    """
+    n = len(strides)
+    size = [int(s) for s in patch_size]
+    total = features[0] * math.prod(size)  # the stem keeps the input size
+    channels = features[0]
+    for s in range(n):
+        after = [a // b for a, b in zip(size, strides[s], strict=True)]
+        voxels = math.prod(after)
+        total += 2 * features[s] * voxels * n_blocks_per_stage[s]
+        if channels != features[s] or after != size:
+            total += features[s] * voxels  # ResNet-D skip: (avg pool +) 1x1 conv of the first block
+        size, channels = after, features[s]
+    # the decoder is the plain U-Net's; subtract the plain encoder it would count (no encoder convolutions)
+    decoder = conv_feature_map_size(patch_size, strides, features, [0] * n, n_conv_per_stage_decoder, num_classes,
+                                    deep_supervision)
+    return int(total + decoder)
+
+
 @dataclass
 class _Configuration:
     spacing: tuple[float, ...]
@@ -229,18 +281,20 @@ class _Configuration:
 class _Planner:
     """Holds the dataset-wide inputs of :func:`plan_experiment` and plans one configuration at a time."""
 
-    def __init__(self, num_classes: int, gpu_memory_gb: float) -> None:
+    def __init__(self, num_classes: int, gpu_memory_gb: float, preset: Preset) -> None:
         self.num_classes = num_classes
         self.gpu_memory_gb = gpu_memory_gb
+        self.preset = preset
         self._cache: dict[tuple[Any, ...], int] = {}
 
     def _estimate(self, patch: Sequence[int], topo: Topology, features: Sequence[int]) -> int:
         key = (tuple(patch), topo.strides)
         if key not in self._cache:
             n = len(topo.strides)
-            self._cache[key] = conv_feature_map_size(
-                patch, topo.strides, features, [CONVS_PER_STAGE] * n, [CONVS_PER_STAGE] * (n - 1), self.num_classes
-            )
+            encoder = list(self.preset.blocks_per_stage_encoder[:n])
+            decoder = [self.preset.convs_per_stage_decoder] * (n - 1)
+            count = residual_encoder_feature_map_size if self.preset.residual else conv_feature_map_size
+            self._cache[key] = count(patch, topo.strides, features, encoder, decoder, self.num_classes)
         return self._cache[key]
 
     def configure(
@@ -260,13 +314,16 @@ class _Planner:
         features = features_per_stage(len(topo.strides), dims)
         estimate = self._estimate(patch, topo, features)
 
-        reference = (REFERENCE_VALUE_3D if dims == 3 else REFERENCE_VALUE_2D) * (
-            self.gpu_memory_gb / REFERENCE_GPU_MEMORY_GB
+        preset = self.preset
+        reference = (preset.reference_value_3d if dims == 3 else preset.reference_value_2d) * (
+            self.gpu_memory_gb / preset.reference_gpu_memory_gb
         )
-        ref_bs = REFERENCE_BATCH_SIZE_3D if dims == 3 else REFERENCE_BATCH_SIZE_2D
+        ref_bs = preset.reference_batch_size_3d if dims == 3 else preset.reference_batch_size_2d
+        # default planner: the reference holds ref_bs patches and at least MIN_BATCH_SIZE (2) must fit;
+        # ResEnc presets: one reference batch must fit (``while estimate > reference``)
+        needed = MIN_BATCH_SIZE / ref_bs if preset.shrink_for_min_batch else 1.0
         median = np.asarray(median_shape, dtype=np.float64)
-        # the reference holds ref_bs patches; at least MIN_BATCH_SIZE (2) must fit
-        while estimate / ref_bs * MIN_BATCH_SIZE > reference:
+        while estimate * needed > reference:
             ratios = np.asarray(patch, dtype=np.float64) / median
             axis = int(np.argsort(ratios, kind="stable")[-1])
             # step down by the divisor the smaller patch would have, so no valid size is skipped
@@ -280,7 +337,7 @@ class _Planner:
             estimate = self._estimate(patch, topo, features)
 
         batch = round(reference / estimate * ref_bs)
-        cap = round(n_voxels_dataset * MAX_DATASET_COVERED / float(np.prod(patch, dtype=np.float64)))
+        cap = round(n_voxels_dataset * preset.max_dataset_covered / float(np.prod(patch, dtype=np.float64)))
         batch = max(min(batch, cap), MIN_BATCH_SIZE)
         return _Configuration(
             spacing=tuple(float(s) for s in spacing),
@@ -391,14 +448,15 @@ def _resampling(spacing: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def _topology_kwargs(cfg: _Configuration) -> dict[str, Any]:
+def _topology_kwargs(cfg: _Configuration, preset: Preset) -> dict[str, Any]:
     n = len(cfg.topology.strides)
+    encoder_key = "n_blocks_per_stage" if preset.residual else "n_conv_per_stage"
     return {
         "kernel_sizes": [list(k) for k in cfg.topology.kernel_sizes],
         "strides": [list(s) for s in cfg.topology.strides],
         "features_per_stage": list(cfg.features),
-        "n_conv_per_stage": [CONVS_PER_STAGE] * n,
-        "n_conv_per_stage_decoder": [CONVS_PER_STAGE] * (n - 1),
+        encoder_key: list(preset.blocks_per_stage_encoder[:n]),
+        "n_conv_per_stage_decoder": [preset.convs_per_stage_decoder] * (n - 1),
     }
 
 
@@ -442,9 +500,9 @@ def resolve_model(model: str, spatial_dims: Iterable[int]) -> tuple[str, set[str
 
 
 def _model_entry(
-    model: str, accepted: set[str] | None, cfg: _Configuration, in_channels: int, num_classes: int
+    model: str, accepted: set[str] | None, cfg: _Configuration, in_channels: int, num_classes: int, preset: Preset
 ) -> dict[str, Any]:
-    kwargs = _topology_kwargs(cfg)
+    kwargs = _topology_kwargs(cfg, preset)
     kwargs["deep_supervision"] = True
     if accepted is not None:
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
@@ -469,10 +527,12 @@ def _configuration_entry(
     num_classes: int,
     model: str,
     accepted: set[str] | None,
+    preset: Preset,
+    plans_identifier: str,
 ) -> dict[str, Any]:
     topo = cfg.topology
     return {
-        "data_identifier": f"medsegPlans_{name}",
+        "data_identifier": data_identifier(name, preset, plans_identifier),
         "spatial_dims": len(cfg.spacing),
         "spacing": [float(s) for s in cfg.spacing],
         "transpose_forward": list(transpose[0]),
@@ -486,8 +546,9 @@ def _configuration_entry(
         "normalization": copy.deepcopy(normalization),
         "resampling": _resampling(resampling_spacing),
         "topology": {
+            "network": preset.network,
             "n_stages": len(topo.strides),
-            **_topology_kwargs(cfg),
+            **_topology_kwargs(cfg, preset),
             "num_pool_per_axis": list(topo.num_pool_per_axis),
             "shape_must_be_divisible_by": list(topo.divisor),
             "conv_bias": True,
@@ -495,44 +556,93 @@ def _configuration_entry(
             "nonlin": {"name": "leaky_relu", "negative_slope": 0.01},
         },
         "vram_estimate": {"feature_map_elements": cfg.estimate, "reference": cfg.reference},
-        "model": _model_entry(model, accepted, cfg, in_channels, num_classes),
+        "model": _model_entry(model, accepted, cfg, in_channels, num_classes, preset),
     }
+
+
+def data_identifier(configuration: str, preset: Preset, plans_identifier: str) -> str:
+    """The preprocessed-data name of a configuration, as nnU-Net's ``generate_data_identifier``.
+
+    ``<plans_identifier>_<configuration>``, except for ``2d`` and ``3d_fullres``, whose data depend on neither the
+    preset nor the memory target: they keep the default planner's name (``medsegPlans_2d``,
+    ``medsegPlans_3d_fullres``) and share its data, as nnU-Net's ResEnc planners do.
+    """
+    if configuration in ("2d", "3d_fullres"):
+        return f"{DEFAULT_PLANS_IDENTIFIER}_{configuration}"
+    return f"{plans_identifier}_{configuration}"
+
+
+def resolve_preset(preset: str, gpu_memory_gb: float | None, model: str | None) -> tuple[Preset, float, str, str]:
+    """The preset, the GPU memory target, the model and the plans identifier for :func:`plan_experiment`.
+
+    The preset's target is the default; an explicit ``gpu_memory_gb`` overrides it and scales the preset's references
+    (nnU-Net: ``-gpu_memory_target`` with ``-pl nnUNetPlannerResEncM``). A target other than the preset's own gets
+    its own plans identifier (``medsegResEncMPlans_80G``; nnU-Net asks for ``-overwrite_plans_name`` then), so its
+    ``3d_lowres`` data do not share a name with the standard preset's.
+
+    Raises:
+        PlanningError: Unknown preset, a non-positive target, or a ResEnc preset with a model other than
+            ``nnunet_resenc``.
+    """
+    if preset not in PRESETS:
+        raise PlanningError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    chosen = PRESETS[preset]
+    if gpu_memory_gb is None:
+        gpu_memory_gb = chosen.gpu_memory_gb
+    if isinstance(gpu_memory_gb, bool) or not isinstance(gpu_memory_gb, (int, float)) or not math.isfinite(
+        gpu_memory_gb
+    ) or gpu_memory_gb <= 0:
+        raise PlanningError(f"--gpu-memory-gb must be a positive number, got {gpu_memory_gb!r}")
+    if model is None:
+        model = chosen.model
+    elif chosen.residual and model != chosen.model:
+        raise PlanningError(f"preset {preset!r} plans the residual-encoder U-Net {chosen.model!r}, not {model!r}; "
+                            f"leave out --model or use --preset {DEFAULT_PRESET}")
+    identifier = chosen.plans_identifier
+    if float(gpu_memory_gb) != chosen.gpu_memory_gb:
+        identifier = f"{identifier}_{float(gpu_memory_gb):g}G"
+    return chosen, float(gpu_memory_gb), model, identifier
 
 
 def plan_experiment(
     fingerprint: Mapping[str, Any],
     *,
-    gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB,
+    gpu_memory_gb: float | None = None,
     configs: Sequence[str] | str = CONFIGURATIONS,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     dataset_name: str | None = None,
+    preset: str = DEFAULT_PRESET,
 ) -> dict[str, Any]:
-    """Plan the training configurations for a dataset fingerprint, as nnU-Net v2's default planner does.
+    """Plan the training configurations for a dataset fingerprint, as nnU-Net v2's planners do.
 
     Args:
         fingerprint: A fingerprint (from :func:`medseg.planning.compute_fingerprint`, a loaded ``fingerprint.json``
             or a hand-written object with the keys :func:`~medseg.planning.schema.validate_fingerprint` requires).
         gpu_memory_gb: GPU memory target; the feature-map reference scales with it (nnU-Net's
-            ``gpu_memory_target_in_gb``, default 8), so more memory gives a bigger patch or batch.
+            ``gpu_memory_target_in_gb``), so more memory gives a bigger patch or batch. ``None``: the preset's
+            target (default 8, ResEnc M 8, L 24, XL 40).
         configs: Configurations to include: any of ``2d``, ``3d_fullres``, ``3d_lowres`` (``3d_lowres`` also adds
             ``3d_cascade_fullres`` when ``3d_fullres`` is included; ``3d_lowres`` appears only when nnU-Net would
             make it).
-        model: Registry key of the model the plans name (default ``nnunet``, the dynamic U-Net); it must accept the
-            topology (``kernel_sizes`` and ``strides``).
+        model: Registry key of the model the plans name; ``None``: the preset's (``nnunet``, the dynamic U-Net,
+            for ``default``; ``nnunet_resenc`` for the ResEnc presets, which accept no other). With the default
+            preset any model that accepts the topology (``kernel_sizes`` and ``strides``) may be named.
         dataset_name: Name written into the plans (default: the fingerprint's ``dataset_name``).
+        preset: ``default`` (nnU-Net's ``ExperimentPlanner``) or ``resenc_m`` / ``resenc_l`` / ``resenc_xl``
+            (``nnUNetPlannerResEncM/L/XL``).
 
     Returns:
         The plans: a plain JSON-serialisable dict (see ``medseg/planning/PLANS.md``).
 
     Raises:
-        PlanningError: A malformed fingerprint, an unknown configuration or model, or a non-positive memory target.
+        PlanningError: A malformed fingerprint, an unknown configuration, preset or model, a model the preset
+            cannot plan, or a non-positive memory target.
     """
     from medseg import __version__
 
     validate_fingerprint(dict(fingerprint), "fingerprint")
     wanted = parse_configs(configs)
-    if not isinstance(gpu_memory_gb, (int, float)) or not math.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0:
-        raise PlanningError(f"--gpu-memory-gb must be a positive number, got {gpu_memory_gb!r}")
+    chosen, gpu_memory_gb, model, plans_identifier = resolve_preset(preset, gpu_memory_gb, model)
 
     cases = fingerprint["cases"]
     spacings = np.asarray([c["spacing"] for c in cases], dtype=np.float64)
@@ -554,7 +664,7 @@ def plan_experiment(
         dims_needed.add(3)
     model, accepted = resolve_model(model, dims_needed)
 
-    planner = _Planner(num_classes, float(gpu_memory_gb))
+    planner = _Planner(num_classes, gpu_memory_gb, chosen)
     normalization = _normalization(fingerprint)
     common = {
         "transpose": (forward, backward),
@@ -563,9 +673,14 @@ def plan_experiment(
         "num_classes": num_classes,
         "model": model,
         "accepted": accepted,
+        "preset": chosen,
+        "plans_identifier": plans_identifier,
     }
     configurations: dict[str, Any] = {}
     notes: list[str] = []
+    if gpu_memory_gb != chosen.gpu_memory_gb:
+        notes.append(f"GPU memory target {gpu_memory_gb:g} GB instead of the {chosen.name} preset's "
+                     f"{chosen.gpu_memory_gb:g} GB: references scaled, plans identifier {plans_identifier}")
 
     fullres = lowres = None
     if is_3d and ({"3d_fullres", "3d_lowres"} & set(wanted)):
@@ -608,7 +723,9 @@ def plan_experiment(
     return {
         "plans_version": PLANS_VERSION,
         "medseg_version": __version__,
-        "planner": "nnU-Net v2 ExperimentPlanner rules (Isensee et al., Nature Methods 2021)",
+        "planner": _PLANNER_TEXT[chosen.residual].format(chosen.nnunet_planner),
+        "preset": chosen.name,
+        "plans_identifier": plans_identifier,
         "dataset_name": dataset_name if dataset_name is not None else fingerprint.get("dataset_name", ""),
         "gpu_memory_gb": float(gpu_memory_gb),
         "num_training_cases": n_cases,
@@ -625,6 +742,12 @@ def plan_experiment(
         "notes": notes,
         "configurations": configurations,
     }
+
+
+_PLANNER_TEXT = {
+    False: "nnU-Net v2 {} rules (Isensee et al., Nature Methods 2021)",
+    True: "nnU-Net v2 {} rules (Isensee et al., nnU-Net Revisited, MICCAI 2024)",
+}
 
 
 def _plan_lowres(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import PlanningError
+from medseg.planning.presets import PLAIN_CONV_UNET, PRESETS, RESIDUAL_ENCODER_UNET
 
 #: Version of the fingerprint format written by :func:`medseg.planning.compute_fingerprint`.
 FINGERPRINT_VERSION = 1
@@ -72,9 +73,10 @@ _TOPOLOGY_KEYS = (
     "kernel_sizes",
     "strides",
     "features_per_stage",
-    "n_conv_per_stage",
     "n_conv_per_stage_decoder",
 )
+#: Per encoder stage: convolutions (plain-conv U-Net) or residual blocks (residual-encoder U-Net); one is required.
+_ENCODER_KEYS = ("n_conv_per_stage", "n_blocks_per_stage")
 
 
 def _fail(problem: str, where: str | os.PathLike[str] | None) -> PlanningError:
@@ -189,6 +191,10 @@ def validate_plans(data: Any, where: str | os.PathLike[str] | None = None) -> di
         raise _fail(f"plans lack {', '.join(repr(k) for k in missing)}", where)
     if not _is_number(data["gpu_memory_gb"]) or data["gpu_memory_gb"] <= 0:
         raise _fail("'gpu_memory_gb' must be a positive number", where)
+    if "preset" in data and data["preset"] not in PRESETS:
+        raise _fail(f"'preset' must be one of {', '.join(PRESETS)}, got {data['preset']!r}", where)
+    if "plans_identifier" in data and (not isinstance(data["plans_identifier"], str) or not data["plans_identifier"]):
+        raise _fail("'plans_identifier' must be a non-empty string", where)
     for key in ("transpose_forward", "transpose_backward"):
         if not isinstance(data[key], list) or sorted(data[key]) != [0, 1, 2]:
             raise _fail(f"'{key}' must be a permutation of [0, 1, 2]", where)
@@ -224,8 +230,12 @@ def _validate_configuration(name: str, cfg: Any, configs: Mapping[str, Any], n_c
     ):
         raise _fail(f"{ctx}: 'normalization' must have one {{scheme, ...}} object per channel ({n_channels})", where)
     topo = cfg["topology"]
-    if not isinstance(topo, dict) or any(k not in topo for k in _TOPOLOGY_KEYS):
-        raise _fail(f"{ctx}: 'topology' needs {', '.join(_TOPOLOGY_KEYS)}", where)
+    if not isinstance(topo, dict) or any(k not in topo for k in _TOPOLOGY_KEYS) or not any(
+        k in topo for k in _ENCODER_KEYS
+    ):
+        raise _fail(f"{ctx}: 'topology' needs {', '.join(_TOPOLOGY_KEYS)} and {' or '.join(_ENCODER_KEYS)}", where)
+    if "network" in topo and topo["network"] not in (PLAIN_CONV_UNET, RESIDUAL_ENCODER_UNET):
+        raise _fail(f"{ctx}: 'topology.network' must be {PLAIN_CONV_UNET!r} or {RESIDUAL_ENCODER_UNET!r}", where)
     n = topo["n_stages"]
     if not isinstance(n, int) or n < 1:
         raise _fail(f"{ctx}: 'topology.n_stages' must be a positive integer", where)
@@ -233,10 +243,11 @@ def _validate_configuration(name: str, cfg: Any, configs: Mapping[str, Any], n_c
         value = topo[key]
         if not isinstance(value, list) or len(value) != n or not all(_is_int_list(v, dims, minimum=1) for v in value):
             raise _fail(f"{ctx}: 'topology.{key}' must hold {n} lists of {dims} positive integers", where)
-    if not _is_int_list(topo["features_per_stage"], n, minimum=1) or not _is_int_list(
-        topo["n_conv_per_stage"], n, minimum=1
+    if not _is_int_list(topo["features_per_stage"], n, minimum=1) or not all(
+        _is_int_list(topo[k], n, minimum=1) for k in _ENCODER_KEYS if k in topo
     ):
-        raise _fail(f"{ctx}: 'topology.features_per_stage' and 'n_conv_per_stage' need {n} positive integers", where)
+        raise _fail(f"{ctx}: 'topology.features_per_stage' and 'n_conv_per_stage' (or 'n_blocks_per_stage') need "
+                    f"{n} positive integers", where)
     if not _is_int_list(topo["n_conv_per_stage_decoder"], n - 1, minimum=1):
         raise _fail(f"{ctx}: 'topology.n_conv_per_stage_decoder' needs {n - 1} positive integers", where)
     for axis in range(dims):
