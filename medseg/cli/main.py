@@ -45,7 +45,7 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, evaluate, info, models, planning
+    from medseg.cli import convert, dataset, evaluate, info, models, planning, train
 
     info.register(app)
     models.register(app)
@@ -53,6 +53,7 @@ def _register_subcommands() -> None:
     app.add_typer(dataset.app, name="dataset")
     planning.register(app)
     evaluate.register(app)
+    train.register(app)
 
 
 _register_subcommands()

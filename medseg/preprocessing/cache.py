@@ -1,0 +1,199 @@
+"""The on-disk cache of preprocessed cases, shared by every fold and run of a configuration.
+
+Layout (``cache_dir`` defaults to ``preprocessed/`` next to ``plans.json`` in ``medseg train``)::
+
+    <cache_dir>/<data_identifier>/
+        cache.json            written last: cache_version, configuration, plans_digest, inputs_digest, cases
+        <case>.npy            float32 (C, *planned_spatial): the preprocessed image (memory-mapped by the loader)
+        <case>_seg.npy        int16 (1, *planned_spatial): labels, -1 = background outside the nonzero mask
+        <case>_fg.npz         one int32 array (k, 3) per foreground label value: sampled voxel coordinates
+        <case>.json           properties from :func:`~medseg.preprocessing.preprocess_case`
+
+``plans_digest`` is a SHA-256 over what preprocessing depends on (the configuration's spacing, transpose,
+normalisation and resampling, the channels and labels, the cache version); ``inputs_digest`` is
+:func:`medseg.planning.fingerprint.inputs_digest` of the manifest (case ids, file paths, sizes, modification
+times). When either differs, or a case file is missing, the folder is emptied and rebuilt; otherwise it is reused.
+Every file is written to a temporary name and renamed into place, so an interrupted build never leaves a truncated
+file that looks complete (``cache.json`` is absent until all cases are done).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.preprocessing.preprocess import class_locations, configuration_of, preprocess_case
+
+#: Version of the cache layout; a change rebuilds every cache.
+CACHE_VERSION = 1
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def plans_digest(plans: Mapping[str, Any], configuration: str) -> str:
+    """SHA-256 over the plans entries preprocessing depends on (see the module docstring)."""
+    cfg = configuration_of(plans, configuration)
+    relevant = {
+        "cache_version": CACHE_VERSION,
+        "spacing": cfg["spacing"],
+        "transpose_forward": cfg["transpose_forward"],
+        "normalization": cfg["normalization"],
+        "resampling": cfg.get("resampling"),
+        "spatial_dims": cfg["spatial_dims"],
+        "channels": plans.get("channels"),
+        "labels": plans.get("labels"),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _atomic_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic_bytes(path, lambda h: h.write(json.dumps(data, indent=1).encode()))
+
+
+def _load_case(image_paths: list[str], label_path: str | None) -> tuple[Any, Any]:
+    import torch
+    from monai.data import MetaTensor
+
+    from medseg.io import check_finite, load_image
+
+    images = [load_image(p) for p in image_paths]
+    for image, path in zip(images, image_paths, strict=True):
+        check_finite(image, path)
+    if len(images) == 1:
+        image = images[0]
+    else:
+        image = MetaTensor(torch.cat([i.as_tensor() for i in images], dim=0), meta=dict(images[0].meta))
+    label = load_image(label_path) if label_path is not None else None
+    return image, label
+
+
+def preprocess_to_files(
+    case_id: str,
+    image_paths: list[str],
+    label_path: str | None,
+    plans: Mapping[str, Any],
+    configuration: str,
+    folder: str,
+) -> str:
+    """Preprocess one case from its files and write its cache files into ``folder`` (runs in a worker)."""
+    image, label = _load_case(image_paths, label_path)
+    data, seg, properties = preprocess_case(image, plans, configuration, label)
+    out = Path(folder)
+    _atomic_bytes(out / f"{case_id}.npy", lambda h: np.save(h, data))
+    if seg is not None:
+        _atomic_bytes(out / f"{case_id}_seg.npy", lambda h: np.save(h, seg))
+        values = [v for v in sorted(plans["labels"].values()) if v > 0]
+        locs = {str(k): v for k, v in class_locations(seg, values).items()}
+        _atomic_bytes(out / f"{case_id}_fg.npz", lambda h: np.savez(h, **locs))
+    _write_json(out / f"{case_id}.json", properties)
+    return case_id
+
+
+def _case_files(folder: Path, case_id: str) -> list[Path]:
+    return [folder / f"{case_id}{s}" for s in (".npy", "_seg.npy", "_fg.npz", ".json")]
+
+
+def cache_is_valid(folder: Path, expected: Mapping[str, Any]) -> bool:
+    """Whether ``folder/cache.json`` matches ``expected`` and every case's files exist."""
+    try:
+        stored = json.loads((folder / "cache.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if any(stored.get(k) != v for k, v in expected.items()):
+        return False
+    return all(p.is_file() for c in expected["cases"] for p in _case_files(folder, c))
+
+
+def preprocess_dataset(
+    manifest: Any,
+    plans: Mapping[str, Any],
+    configuration: str,
+    out_dir: str | os.PathLike[str],
+    workers: int = 1,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Preprocess every labelled case of ``manifest`` into the cache, or reuse a valid cache.
+
+    Args:
+        manifest: A :class:`medseg.data.Manifest`.
+        plans: Loaded plans.
+        configuration: Configuration name.
+        out_dir: Cache root; the cases go to ``out_dir/<data_identifier>``.
+        workers: Worker processes (1: in this process).
+        progress: Called after each case with (done, total, case id).
+
+    Returns:
+        The folder holding the cached cases.
+    """
+    from medseg.planning.fingerprint import inputs_digest
+
+    cfg = configuration_of(plans, configuration)
+    folder = Path(out_dir) / str(cfg["data_identifier"])
+    cases = manifest.labelled_cases
+    expected = {
+        "cache_version": CACHE_VERSION,
+        "configuration": configuration,
+        "plans_digest": plans_digest(plans, configuration),
+        "inputs_digest": inputs_digest(manifest),
+        "cases": [c.id for c in cases],
+    }
+    if cache_is_valid(folder, expected):
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    jobs = [
+        (c.id, [str(p) for p in manifest.image_paths(c)], str(manifest.label_path(c)), dict(plans), configuration,
+         str(folder))
+        for c in cases
+    ]
+    done = 0
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            preprocess_to_files(*job)
+            done += 1
+            if progress:
+                progress(done, len(jobs), job[0])
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(preprocess_to_files, *job) for job in jobs]
+            for future in as_completed(futures):
+                case_id = future.result()
+                done += 1
+                if progress:
+                    progress(done, len(jobs), case_id)
+    _write_json(folder / "cache.json", expected)
+    return folder
+
+
+def load_cached_case(folder: str | os.PathLike[str], case_id: str, mmap: bool = True) -> dict[str, Any]:
+    """Open one cached case: ``data``, ``seg`` (memory-mapped by default), ``locations``, ``properties``."""
+    folder = Path(folder)
+    mode = "r" if mmap else None
+    with np.load(folder / f"{case_id}_fg.npz") as npz:
+        locations = {int(k): npz[k] for k in npz.files}
+    return {
+        "id": case_id,
+        "data": np.load(folder / f"{case_id}.npy", mmap_mode=mode),
+        "seg": np.load(folder / f"{case_id}_seg.npy", mmap_mode=mode),
+        "locations": locations,
+        "properties": json.loads((folder / f"{case_id}.json").read_text()),
+    }

@@ -1,0 +1,614 @@
+"""The training loop: nnU-Net v2's recipe (Isensee et al., Nature Methods 2021) on medseg's plans.
+
+:func:`train` runs one or more folds; each fold writes a run folder (``TRAINING.md`` beside this module documents
+it). Per epoch: the learning rate is set by the poly schedule, ``iterations_per_epoch`` augmented batches are
+trained (deep-supervision loss, gradient clipping at 12, AMP on CUDA), ``val_iterations`` unaugmented batches of
+the validation cases give the loss and the pseudo-Dice (TP/FP/FN summed over the epoch, one Dice per foreground
+class), whose mean feeds the EMA ``0.9 · ema + 0.1 · dice``; a better EMA writes ``checkpoint_best.pt``. After
+the last epoch the validation cases are predicted whole with a gaussian-weighted sliding window (step 0.5 of the
+patch, mirroring TTA optional) and their Dice goes to ``validation/summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg.errors import TrainingError
+from medseg.training.checkpoint import (
+    CHECKPOINT_VERSION,
+    atomic_json,
+    atomic_text,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from medseg.training.config import RUNTIME_KEYS, TrainConfig
+from medseg.training.data import TRAIN_STREAM, VAL_STREAM, BatchDataset, make_loader, split_batch
+from medseg.training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    launcher_info,
+    shutdown,
+)
+from medseg.training.loss import DeepSupervisionLoss, build_loss
+from medseg.training.progress import Progress, plot_progress
+
+FILES = ("config.yaml", "plans.json", "splits.json", "environment.json", "seed", "metrics.jsonl", "progress.png")
+
+
+# Set-up helpers -----------------------------------------------------------------------------------------------------
+
+
+def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
+    """``manifest``, else the one recorded in ``fingerprint.json`` next to the plans, else a clear error."""
+    if manifest is not None:
+        if not Path(manifest).is_file():
+            raise TrainingError("no such manifest file", manifest)
+        return Path(manifest)
+    fingerprint = plans_path.parent / "fingerprint.json"
+    if fingerprint.is_file():
+        try:
+            recorded = json.loads(fingerprint.read_text()).get("manifest")
+        except ValueError:
+            recorded = None
+        if recorded and Path(recorded).is_file():
+            return Path(recorded)
+    raise TrainingError("cannot locate the dataset: pass --manifest PATH (no fingerprint.json beside the plans "
+                        "records an existing manifest)", plans_path)
+
+
+def resolve_device(kind: str, info: DistInfo) -> torch.device:
+    """``auto``: CUDA (GPU ``LOCAL_RANK``) when available, else CPU."""
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but no CUDA device is available")
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
+    return torch.device("cpu")
+
+
+def build_model(plans_cfg: dict[str, Any], config: TrainConfig) -> nn.Module:
+    """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured."""
+    from medseg.models import create_model, get_model_info
+
+    entry = plans_cfg["model"]
+    name = config.model or entry["name"]
+    info = get_model_info(name)
+    accepted = set(info.accepted_kwargs())
+    kwargs = {k: v for k, v in entry.get("kwargs", {}).items() if k in accepted}
+    kwargs.update(config.model_kwargs)
+    if "deep_supervision" in accepted:
+        kwargs["deep_supervision"] = bool(config.deep_supervision and info.deep_supervision)
+    return create_model(name, int(entry["spatial_dims"]), int(entry["in_channels"]), int(entry["out_channels"]),
+                        **kwargs)
+
+
+def _normalised(data: Any) -> Any:
+    return json.loads(json.dumps(data))
+
+
+def _comparable_config(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _normalised(data).items() if k not in RUNTIME_KEYS}
+
+
+def poly_lr(initial: float, epoch: int, epochs: int, exponent: float) -> float:
+    """nnU-Net's ``PolyLRScheduler``: ``initial · (1 - epoch / epochs) ** exponent``."""
+    return initial * (1 - epoch / epochs) ** exponent
+
+
+def tp_fp_fn(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per foreground class ``[tp, fp, fn]`` (shape ``(3, num_classes - 1)``) of label maps, summed over everything."""
+    rows = []
+    for c in range(1, num_classes):
+        p, t = prediction == c, target == c
+        rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
+    return torch.stack(rows, 1).double()
+
+
+def dice_from_counts(counts: torch.Tensor) -> list[float]:
+    """``2tp / (2tp + fp + fn)`` per class; NaN when the class is absent from both (nnU-Net's convention)."""
+    tp, fp, fn = counts
+    denominator = 2 * tp + fp + fn
+    return [float(2 * a / d) if d > 0 else float("nan") for a, d in zip(tp.tolist(), denominator.tolist(),
+                                                                         strict=True)]
+
+
+# The trainer --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FoldSpec:
+    """What one fold trains on and where it writes."""
+
+    fold: int
+    train_ids: list[str]
+    val_ids: list[str]
+    run_dir: Path
+
+
+class FoldTrainer:
+    """Trains one fold (see the module docstring); rank 0 writes the run folder."""
+
+    def __init__(self, plans: dict[str, Any], configuration: str, config: TrainConfig, spec: FoldSpec,
+                 splits: list[dict[str, list[str]]], cache_folder: Path, info: DistInfo, device: torch.device,
+                 stream: TextIO | None = None) -> None:
+        from medseg.preprocessing import configuration_of
+
+        self.plans, self.configuration, self.config, self.spec = plans, configuration, config, spec
+        self.splits, self.cache_folder, self.info, self.device = splits, cache_folder, info, device
+        self.stream = stream
+        self.cfg = configuration_of(plans, configuration)
+        if int(self.cfg["spatial_dims"]) != 3:
+            raise TrainingError(f"configuration {configuration!r} is 2D; medseg trains 3D configurations only")
+        self.num_classes = int(self.cfg["model"]["out_channels"])
+        self.patch = [int(p) for p in (config.patch_size or self.cfg["patch_size"])]
+        self.global_batch = int(config.batch_size or self.cfg["batch_size"])
+        if self.global_batch < info.world_size:
+            raise TrainingError(f"batch size {self.global_batch} is smaller than the {info.world_size} processes")
+        sizes = split_batch(self.global_batch, info.world_size)
+        self.local_batch = sizes[info.rank]
+        self.sample_offset = sum(sizes[: info.rank])
+        self.batch_dice = bool(self.cfg["batch_dice"] if config.batch_dice is None else config.batch_dice)
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(self.cfg, config).to(device)
+        divisor = getattr(self.model, "input_divisor", None)
+        if divisor is not None and any(p % d for p, d in zip(self.patch, divisor, strict=True)):
+            raise TrainingError(f"patch size {self.patch} is not a multiple of the model's input divisor "
+                                f"{list(divisor)}")
+        self.network: nn.Module = self.model
+        if info.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if config.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+                weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice))
+        self.amp_dtype: torch.dtype | None = None
+        if device.type == "cuda" and config.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(config.cudnn_benchmark)
+        self.start_epoch = 0
+        self.ema: float | None = None
+        self.best_ema: float | None = None
+        self.records: list[dict[str, Any]] = []
+
+    # Files --------------------------------------------------------------------------------------------------------
+
+    @property
+    def run_dir(self) -> Path:
+        """The fold's run folder."""
+        return self.spec.run_dir
+
+    def _config_dict(self) -> dict[str, Any]:
+        from medseg.config import to_dict
+
+        return _normalised(to_dict(self.config))
+
+    def prepare_run_folder(self, resume: bool) -> None:
+        """Check a resumed folder against this run, restore its checkpoint, and write the run's files (rank 0)."""
+        import yaml
+
+        run = self.run_dir
+        latest = run / "checkpoint_latest.pt"
+        final = run / "checkpoint_final.pt"
+        has_state = latest.is_file() or final.is_file()
+        if has_state and not resume:
+            raise TrainingError("the run folder already holds a training run; pass --resume to continue it or "
+                                "choose another --out", run)
+        if has_state:
+            stored_config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+            if _comparable_config(stored_config or {}) != _comparable_config(self._config_dict()):
+                changed = sorted(k for k in set(_comparable_config(stored_config or {})) | set(
+                    _comparable_config(self._config_dict()))
+                    if _comparable_config(stored_config or {}).get(k) != _comparable_config(self._config_dict()).get(k))
+                raise TrainingError(f"cannot resume: the configuration differs from the run's config.yaml "
+                                    f"({', '.join(changed)})", run)
+            stored_plans = json.loads((run / "plans.json").read_text()) if (run / "plans.json").is_file() else None
+            if stored_plans != _normalised(self.plans):
+                raise TrainingError("cannot resume: the plans differ from the run's plans.json", run)
+            stored_splits = json.loads((run / "splits.json").read_text()) if (run / "splits.json").is_file() else None
+            if stored_splits is not None and stored_splits != _normalised(self.splits):
+                raise TrainingError("cannot resume: the splits differ from the run's splits.json", run)
+            self.load_state(latest if latest.is_file() else final)
+        barrier(self.info)
+        if not self.info.is_main:
+            return
+        from medseg.utils.environment import environment_report
+
+        run.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run)
+        remove_stale_temporaries(run / "validation")
+        atomic_text(run / "config.yaml", yaml.safe_dump(self._config_dict(), sort_keys=False))
+        atomic_json(run / "plans.json", self.plans)
+        atomic_json(run / "splits.json", self.splits)
+        env = environment_report()
+        env.update(world_size=self.info.world_size, device=str(self.device),
+                   amp_dtype=None if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", ""))
+        atomic_json(run / "environment.json", env)
+        atomic_text(run / "seed", f"{self.config.seed}\n")
+        metrics = run / "metrics.jsonl"
+        kept = []
+        if metrics.is_file():
+            for line in metrics.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("epoch", math.inf) < self.start_epoch:
+                        kept.append(record)
+        self.records = kept
+        atomic_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Everything needed to continue after ``epoch - 1`` (tensors and plain values only)."""
+        return {
+            "checkpoint_version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"name": "poly", "initial_lr": self.config.lr, "exponent": self.config.poly_exponent,
+                          "max_epochs": self.config.epochs, "last_epoch": epoch - 1},
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "ema": self.ema,
+            "best_ema": self.best_ema,
+            "rng": rng_state(),
+            "configuration": self.configuration,
+            "fold": self.spec.fold,
+            "model_name": self.config.model or self.cfg["model"]["name"],
+        }
+
+    def load_state(self, path: Path) -> None:
+        """Restore model, optimiser, schedule position, grad scaler, EMA, best EMA and RNG states."""
+        try:
+            state = load_checkpoint(path, map_location=self.device)
+        except Exception as exc:
+            raise TrainingError(f"cannot read the checkpoint: {exc}", path) from exc
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.ema, self.best_ema = state.get("ema"), state.get("best_ema")
+        set_rng_state(state["rng"])
+
+    # Loop ---------------------------------------------------------------------------------------------------------
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _datasets(self) -> tuple[BatchDataset, BatchDataset]:
+        c = self.config
+        common = {"folder": self.cache_folder, "patch_size": self.patch, "global_batch": self.global_batch,
+                  "sample_offset": self.sample_offset, "local_batch": self.local_batch, "seed": c.seed,
+                  "oversample_foreground": c.oversample_foreground}
+        train = BatchDataset(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch, stream=TRAIN_STREAM,
+                             augmentation=c.augmentation, **common)
+        from dataclasses import replace
+
+        val = BatchDataset(case_ids=self.spec.val_ids, iterations=c.val_iterations, stream=VAL_STREAM,
+                           augmentation=replace(c.augmentation, enabled=False), **common)
+        return train, val
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """One optimiser step on a batch; returns the loss."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
+        """Loss and ``[tp, fp, fn]`` per foreground class of one validation batch (full-resolution output)."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        with self._autocast():
+            output = self.network(data)
+            if isinstance(output, (list, tuple)):
+                output = output[0]
+            loss = self.loss(output, target)
+        prediction = output.argmax(1, keepdim=True)
+        return float(loss), tp_fp_fn(prediction, target, self.num_classes).cpu()
+
+    def run(self, resume: bool) -> dict[str, Any]:
+        """Train (or continue) this fold and run the final validation; returns the validation summary."""
+        self.prepare_run_folder(resume)
+        c = self.config
+        if self.start_epoch < c.epochs:
+            self._loop()
+        elif self.info.is_main and not (self.run_dir / "checkpoint_final.pt").is_file():
+            save_checkpoint(self.state(c.epochs), self.run_dir / "checkpoint_final.pt")
+        barrier(self.info)
+        summary: dict[str, Any] = {}
+        if c.final_validation:
+            summary = self.final_validation()
+        return summary
+
+    def _loop(self) -> None:
+        c = self.config
+        train_set, val_set = self._datasets()
+        train_loader, train_sampler = make_loader(train_set, c.num_workers)
+        val_workers = max(1, c.num_workers // 2) if c.num_workers > 0 else 0
+        val_loader, val_sampler = make_loader(val_set, val_workers)
+        progress = Progress(c.epochs, c.iterations_per_epoch, c.progress, self.info.is_main, self.stream)
+        with progress:
+            if self.start_epoch:
+                progress.message(f"resuming fold {self.spec.fold} at epoch {self.start_epoch + 1}")
+            for epoch in range(self.start_epoch, c.epochs):
+                record = self._epoch(epoch, train_loader, train_sampler, val_loader, val_sampler, progress)
+                progress.end_epoch(record)
+        del train_loader, val_loader
+
+    def _epoch(self, epoch: int, train_loader: Any, train_sampler: Any, val_loader: Any, val_sampler: Any,
+               progress: Progress) -> dict[str, Any]:
+        c = self.config
+        lr = poly_lr(c.lr, epoch, c.epochs, c.poly_exponent)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        progress.start_epoch(epoch)
+        self.network.train()
+        t_start = time.perf_counter()
+        wait = 0.0
+        losses = []
+        train_sampler.set_epoch(epoch)
+        iterator = iter(train_loader)
+        for i in range(c.iterations_per_epoch):
+            t0 = time.perf_counter()
+            batch = next(iterator)
+            wait += time.perf_counter() - t0
+            losses.append(self.train_step(batch))
+            progress.step(i, losses[-1])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_time = time.perf_counter() - t_start
+
+        self.network.eval()
+        val_sampler.set_epoch(epoch)
+        val_losses = []
+        counts = torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+        for batch in val_loader:
+            loss, batch_counts = self.validation_step(batch)
+            val_losses.append(loss)
+            counts += batch_counts
+        totals = torch.tensor([sum(losses), len(losses), sum(val_losses), len(val_losses)], dtype=torch.float64)
+        if self.info.distributed:
+            totals = totals.to(self.device) if self.device.type == "cuda" else totals
+            counts = counts.to(totals.device)
+            all_reduce_sum(totals, self.info)
+            all_reduce_sum(counts, self.info)
+            totals, counts = totals.cpu(), counts.cpu()
+        dice = dice_from_counts(counts)
+        finite = [d for d in dice if not math.isnan(d)]
+        mean_dice = float(np.mean(finite)) if finite else float("nan")
+        if not math.isnan(mean_dice):
+            self.ema = mean_dice if self.ema is None else c.ema_momentum * self.ema + (1 - c.ema_momentum) * mean_dice
+        epoch_time = time.perf_counter() - t_start
+        record = {
+            "epoch": epoch,
+            "train_loss": float(totals[0] / max(totals[1], 1)),
+            "val_loss": float(totals[2] / max(totals[3], 1)),
+            "pseudo_dice": [None if math.isnan(d) else d for d in dice],
+            "mean_pseudo_dice": None if math.isnan(mean_dice) else mean_dice,
+            "ema_dice": self.ema,
+            "lr": lr,
+            "epoch_time_s": epoch_time,
+            "train_time_s": train_time,
+            "data_wait_s": wait,
+            "data_wait_fraction": wait / max(train_time, 1e-9),
+            "iterations_per_s": c.iterations_per_epoch / max(train_time, 1e-9),
+        }
+        improved = self.ema is not None and (self.best_ema is None or self.ema > self.best_ema)
+        if improved:
+            self.best_ema = self.ema
+        if self.info.is_main:
+            self._write_epoch(epoch, record, improved)
+        barrier(self.info)
+        shown = dict(record, pseudo_dice=[float("nan") if d is None else d for d in record["pseudo_dice"]],
+                     ema_dice=float("nan") if self.ema is None else self.ema,
+                     mean_pseudo_dice=mean_dice)
+        return shown
+
+    def _write_epoch(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
+        run = self.run_dir
+        self.records.append(record)
+        atomic_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        plot_progress([dict(r, mean_pseudo_dice=r["mean_pseudo_dice"] if r["mean_pseudo_dice"] is not None
+                            else float("nan"), ema_dice=r["ema_dice"] if r["ema_dice"] is not None else float("nan"))
+                       for r in self.records], run / "progress.png")
+        done = epoch + 1
+        state = None
+        if improved:
+            state = self.state(done)
+            save_checkpoint(state, run / "checkpoint_best.pt")
+        if done == self.config.epochs:
+            state = state or self.state(done)
+            save_checkpoint(state, run / "checkpoint_final.pt")
+        if done % max(self.config.save_every, 1) == 0 or done == self.config.epochs:
+            save_checkpoint(state or self.state(done), run / "checkpoint_latest.pt")
+
+    # Final validation ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_case(self, data: np.ndarray) -> np.ndarray:
+        """Label map of a preprocessed case ``(C, *spatial)`` by gaussian sliding window (and mirroring TTA)."""
+        from monai.inferers import sliding_window_inference
+
+        model = self.model
+        model.eval()
+        image = torch.from_numpy(np.ascontiguousarray(data))[None].to(self.device)
+        spatial = image.shape[2:]
+        pad = [max(p - s, 0) for p, s in zip(self.patch, spatial, strict=True)]
+        if any(pad):
+            flat = []
+            for p in reversed(pad):
+                flat += [p // 2, p - p // 2]
+            image = torch.nn.functional.pad(image, flat)
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out = model(x)
+            return out.float()
+
+        dims = len(self.patch)
+        flips = [()]
+        if self.config.val_mirroring:
+            flips = [tuple(a + 2 for a in range(dims) if mask >> a & 1) for mask in range(2 ** dims)]
+        probs = torch.zeros((1, self.num_classes, *image.shape[2:]), device=self.device)
+        for axes in flips:
+            x = torch.flip(image, axes) if axes else image
+            logits = sliding_window_inference(x, self.patch, self.config.sw_batch_size, predictor,
+                                              overlap=self.config.sw_overlap, mode="gaussian", sigma_scale=0.125)
+            p = torch.softmax(torch.as_tensor(logits).float(), 1)
+            probs += torch.flip(p, axes) if axes else p
+        if any(pad):
+            slicer = [slice(None), slice(None)]
+            for p, s in zip(pad, spatial, strict=True):
+                slicer.append(slice(p // 2, p // 2 + s))
+            probs = probs[tuple(slicer)]
+        return probs.argmax(1)[0].cpu().numpy().astype(np.int16)
+
+    def final_validation(self) -> dict[str, Any]:
+        """Predict the fold's validation cases (spread over the ranks); rank 0 writes ``validation/summary.json``."""
+        from medseg.preprocessing import load_cached_case
+
+        final = self.run_dir / "checkpoint_final.pt"
+        if final.is_file():
+            self.model.load_state_dict(load_checkpoint(final, map_location=self.device)["model"])
+        names = {v: k for k, v in self.plans["labels"].items()}
+        results = []
+        for case_id in self.spec.val_ids[self.info.rank :: self.info.world_size]:
+            case = load_cached_case(self.cache_folder, case_id, mmap=False)
+            prediction = torch.from_numpy(self.predict_case(case["data"]))
+            reference = torch.from_numpy(case["seg"][0].astype(np.int16)).clamp(min=0)
+            dice = dice_from_counts(tp_fp_fn(prediction, reference, self.num_classes))
+            results.append({"case": case_id, "dice": {names.get(c, str(c)): None if math.isnan(d) else d
+                                                      for c, d in zip(range(1, self.num_classes), dice, strict=True)}})
+        gathered = all_gather_objects(results, self.info)
+        cases = sorted((r for part in gathered for r in part), key=lambda r: r["case"])  # type: ignore[union-attr]
+        mean = {}
+        for c in range(1, self.num_classes):
+            name = names.get(c, str(c))
+            values = [r["dice"][name] for r in cases if r["dice"][name] is not None]
+            mean[name] = float(np.mean(values)) if values else None
+        finite = [v for v in mean.values() if v is not None]
+        summary = {
+            "configuration": self.configuration,
+            "fold": self.spec.fold,
+            "space": "preprocessed (plans spacing, cropped to nonzero)",
+            "sliding_window": {"overlap": self.config.sw_overlap, "mode": "gaussian", "sigma_scale": 0.125,
+                               "mirroring": self.config.val_mirroring},
+            "cases": cases,
+            "mean_dice": mean,
+            "foreground_mean_dice": float(np.mean(finite)) if finite else None,
+        }
+        if self.info.is_main:
+            (self.run_dir / "validation").mkdir(parents=True, exist_ok=True)
+            atomic_json(self.run_dir / "validation" / "summary.json", summary)
+        barrier(self.info)
+        return summary
+
+
+# Entry point --------------------------------------------------------------------------------------------------------
+
+
+def train(
+    plans_path: str | Path,
+    configuration: str,
+    folds: Sequence[int] | str,
+    out_dir: str | Path,
+    config: TrainConfig,
+    manifest_path: str | Path | None = None,
+    resume: bool = False,
+    stream: TextIO | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Train the folds ``folds`` (``"all"``: every fold) of a configuration into ``out_dir/fold_K``.
+
+    Args:
+        plans_path: ``plans.json``.
+        configuration: Configuration name (``3d_fullres``, ``3d_lowres``, …).
+        folds: Fold indices, or ``"all"``.
+        out_dir: Run folder root; fold ``K`` writes ``out_dir/fold_K``.
+        config: Training settings.
+        manifest_path: Dataset manifest; default: the one recorded in ``fingerprint.json`` beside the plans.
+        resume: Continue from ``checkpoint_latest.pt`` where present (start fresh where absent).
+        stream: Where plain progress lines go (stdout).
+
+    Returns:
+        Fold → final validation summary (empty without final validation).
+
+    Raises:
+        TrainingError: Missing dataset, unknown fold, a run folder that cannot be resumed, bad settings.
+    """
+    from medseg.data import load_manifest
+    from medseg.planning import load_plans
+    from medseg.preprocessing import configuration_of, preprocess_dataset
+    from medseg.training.splits import resolve_splits
+
+    plans_path = Path(plans_path)
+    plans = _normalised(load_plans(plans_path))
+    configuration_of(plans, configuration)
+    manifest = load_manifest(resolve_manifest(plans_path, Path(manifest_path) if manifest_path else None))
+    if not manifest.labelled_cases:
+        raise TrainingError("the manifest has no labelled cases", manifest.source)
+    splits = resolve_splits(manifest, config.num_folds, config.seed)
+    wanted = list(range(len(splits))) if folds == "all" else [int(f) for f in folds]  # type: ignore[union-attr]
+    for fold in wanted:
+        if not 0 <= fold < len(splits):
+            raise TrainingError(f"fold {fold} does not exist (there are {len(splits)} folds: 0–{len(splits) - 1})")
+    known = {c.id for c in manifest.labelled_cases}
+    for fold in wanted:
+        unknown = sorted((set(splits[fold]["train"]) | set(splits[fold]["val"])) - known)
+        if unknown:
+            raise TrainingError(f"split {fold} names cases without labels in the manifest: {', '.join(unknown[:5])}")
+        if not splits[fold]["train"] or not splits[fold]["val"]:
+            raise TrainingError(f"split {fold} has no training or no validation cases")
+
+    info = launcher_info()
+    device = resolve_device(config.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    init_distributed(info, device)
+    try:
+        cache_root = Path(config.cache_dir) if config.cache_dir else plans_path.parent / "preprocessed"
+        if info.is_main:
+            cache_folder = preprocess_dataset(manifest, plans, configuration, cache_root, config.preprocess_workers)
+        barrier(info)
+        cache_folder = cache_root / str(configuration_of(plans, configuration)["data_identifier"])
+        results = {}
+        for fold in wanted:
+            split = splits[fold]
+            spec = FoldSpec(fold, list(split["train"]), list(split["val"]), Path(out_dir) / f"fold_{fold}")
+            trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream)
+            results[fold] = trainer.run(resume)
+        return results
+    finally:
+        shutdown(info)
