@@ -117,21 +117,22 @@ def plot_progress(records: Sequence[Mapping[str, Any]], path: str | Path) -> Non
     from matplotlib.figure import Figure
 
     epochs = [r["epoch"] + 1 for r in records]
+    style = {"marker": "o" if len(epochs) <= 30 else None, "markersize": 3}  # a line needs two points: mark short runs
     fig = Figure(figsize=(9, 9))
     ax1, ax3, ax4 = fig.subplots(3, 1, sharex=True)
-    ax1.plot(epochs, [r["train_loss"] for r in records], color="tab:blue", label="train loss")
-    ax1.plot(epochs, [r["val_loss"] for r in records], color="tab:red", label="val loss")
+    ax1.plot(epochs, [r["train_loss"] for r in records], color="tab:blue", label="train loss", **style)
+    ax1.plot(epochs, [r["val_loss"] for r in records], color="tab:red", label="val loss", **style)
     ax1.set_ylabel("loss")
     ax2 = ax1.twinx()
-    ax2.plot(epochs, [r["mean_pseudo_dice"] for r in records], color="tab:green", ls=":", label="pseudo-Dice")
-    ax2.plot(epochs, [r["ema_dice"] for r in records], color="tab:green", label="pseudo-Dice (EMA)")
+    ax2.plot(epochs, [r["mean_pseudo_dice"] for r in records], color="tab:green", ls=":", label="pseudo-Dice", **style)
+    ax2.plot(epochs, [r["ema_dice"] for r in records], color="tab:green", label="pseudo-Dice (EMA)", **style)
     ax2.set_ylabel("pseudo-Dice")
     lines = ax1.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
     ax1.legend(lines[0] + more[0], lines[1] + more[1], loc="best", fontsize="small")
-    ax3.plot(epochs, [r["epoch_time_s"] for r in records], color="tab:gray")
+    ax3.plot(epochs, [r["epoch_time_s"] for r in records], color="tab:gray", **style)
     ax3.set_ylabel("epoch time (s)")
-    ax4.plot(epochs, [r["lr"] for r in records], color="tab:purple")
+    ax4.plot(epochs, [r["lr"] for r in records], color="tab:purple", **style)
     ax4.set_ylabel("learning rate")
     ax4.set_xlabel("epoch")
     fig.tight_layout()

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.layers import Pool
+from monai.networks.layers import Conv, Pool
 from torch import nn
 
 from medseg.errors import ModelError
@@ -58,6 +58,8 @@ class DenseNetEncoder(nn.Module):
             slabs pool in-plane only, e.g. ``(1, 2, 2)``.
         dropout: Dropout after each convolution of the dense layers and transitions (0 in DenseNet on ImageNet).
         norm: Normalisation (batch norm).
+        block_dilations: Dilation of the 3x3 convolutions of each dense block (default 1); with a transition stride
+            of 1 this turns the pooling of the later blocks into dilation, as DeepLab does (same parameters).
     """
 
     def __init__(
@@ -74,9 +76,13 @@ class DenseNetEncoder(nn.Module):
         transition_strides: int | Sequence[int] | Sequence[Sequence[int]] = 2,
         dropout: float = 0.0,
         norm: NormSpec = "batch",
+        block_dilations: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         blocks = tuple(int(n) for n in block_config)
+        dilations = tuple(int(d) for d in block_dilations) if block_dilations is not None else (1,) * len(blocks)
+        if len(dilations) != len(blocks) or min(dilations) < 1:
+            raise ModelError(f"DenseNetEncoder: need {len(blocks)} positive block dilations, got {dilations}")
         if len(blocks) < 1 or min(blocks) < 1:
             raise ModelError(f"DenseNetEncoder: block_config needs positive layer counts, got {blocks}")
         if not 0 < compression <= 1:
@@ -103,6 +109,13 @@ class DenseNetEncoder(nn.Module):
         for i, n in enumerate(blocks):
             block = DenseBlock(spatial_dims, channels, growth_rate, n, bottleneck_factor=bottleneck_factor, norm=norm,
                                act=relu, dropout=dropout, bias=False)
+            if dilations[i] > 1:  # same parameters, dilated 3x3 convolutions
+                for layer in block.layers:
+                    old = layer[1].conv
+                    layer[1].conv = Conv[Conv.CONV, spatial_dims](
+                        old.in_channels, old.out_channels, kernel_size=old.kernel_size,
+                        padding=tuple(dilations[i] * (k // 2) for k in old.kernel_size),
+                        dilation=dilations[i], bias=False)
             self.blocks.append(block)
             channels = block.out_channels
             if i < len(blocks) - 1:
