@@ -9,6 +9,7 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 :class:`SegmentationModel` subclass and add one import line below.
 """
 
+from medseg.models import natural as _natural  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
 from medseg.models.base import SegmentationModel
 

@@ -1,0 +1,1 @@
+"""Natural-image architectures, attention group: importing a module registers its models."""

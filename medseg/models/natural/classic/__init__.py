@@ -1,0 +1,1 @@
+"""Natural-image architectures, classic group: importing a module registers its models."""

@@ -1,0 +1,1 @@
+"""Natural-image architectures, refine group: importing a module registers its models."""
