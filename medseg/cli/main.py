@@ -45,7 +45,7 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, evaluate, info, models, planning, train
+    from medseg.cli import convert, dataset, evaluate, info, models, planning, run, train
 
     info.register(app)
     models.register(app)
@@ -54,6 +54,7 @@ def _register_subcommands() -> None:
     planning.register(app)
     evaluate.register(app)
     train.register(app)
+    run.register(app)
 
 
 _register_subcommands()

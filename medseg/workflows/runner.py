@@ -1,0 +1,268 @@
+"""Declarative pipelines: YAML lists of medseg commands, run in order and resumed step by step.
+
+A pipeline file names variables and steps. Each step runs one ``medseg`` command (the same words as on the command
+line) and declares the files it reads (``inputs``) and writes (``outputs``)::
+
+    name: demo
+    vars:
+      work: runs/demo
+      epochs: 12
+    steps:
+      - name: plan
+        run: [plan, "${work}/data/dataset.json", -o, "${work}/plans.json"]
+        inputs: ["${work}/data/dataset.json"]
+        outputs: ["${work}/plans.json"]
+
+A step may also list ``clean`` paths: folders or files deleted before the step runs on changed inputs (say, a
+training run folder that must start afresh after the plans changed), but kept when the step runs again after an
+interruption with the same inputs, so that a command given ``--resume`` continues where it stopped.
+
+``${name}`` is replaced by a variable (``vars``, overridden with ``--set name=value``) or a built-in:
+``${device}`` (``cuda`` when a CUDA device is present, else ``cpu``) and ``${pipeline_dir}`` (the folder of the
+pipeline file). Relative paths are relative to the folder the pipeline is run from.
+
+A step is skipped when it finished before with the same command and the same input files (paths, sizes and
+modification times; every file of an input folder), and all its outputs still exist. Otherwise it runs, and so does
+every later step whose inputs it rewrites. The record lives in ``state`` (default
+``${work}/pipeline_state.json`` when a ``work`` variable exists, else beside the pipeline file), written after each
+step, so an interrupted pipeline resumes at the step that was running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg.config import parse_overrides, read_yaml
+from medseg.errors import ConfigError, MedsegError
+
+STATE_VERSION = 1
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class PipelineError(MedsegError):
+    """A pipeline file is malformed, or one of its steps failed."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One resolved step: its name, the medseg command words, and the files it reads and writes."""
+
+    name: str
+    run: tuple[str, ...]
+    inputs: tuple[Path, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    clean: tuple[Path, ...] = ()
+
+
+@dataclass
+class Pipeline:
+    """A resolved pipeline: variables substituted, paths made absolute."""
+
+    name: str
+    source: Path
+    variables: dict[str, str]
+    steps: list[Step]
+    state_path: Path
+    description: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _substitute(text: str, variables: Mapping[str, str], where: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in variables:
+            known = ", ".join(sorted(variables))
+            raise PipelineError(f"{where}: unknown variable ${{{key}}} (known: {known})")
+        return variables[key]
+
+    previous = None
+    while previous != text:  # variables may refer to other variables
+        previous, text = text, _VARIABLE.sub(replace, text)
+    return text
+
+
+def _as_strings(value: Any, key: str, where: Path) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                                              for v in value):
+        raise PipelineError(f"{key} must be a list of words or paths", where)
+    return [str(v) for v in value]
+
+
+def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
+    """Read a pipeline file, apply ``--set name=value`` overrides to its variables, and resolve every step.
+
+    Raises:
+        PipelineError: Unknown keys, steps without a command, duplicate step names, unknown variables.
+        ConfigError: The file is not valid YAML.
+    """
+    path = Path(path).resolve()
+    data = read_yaml(path)
+    unknown = sorted(set(data) - {"name", "description", "vars", "steps", "state"})
+    if unknown:
+        raise PipelineError(f"unknown key {unknown[0]!r} (known: name, description, vars, steps, state)", path)
+    raw_vars = data.get("vars") or {}
+    if not isinstance(raw_vars, dict):
+        raise PipelineError("vars must be a mapping of names to values", path)
+    variables = {str(k): str(v) for k, v in raw_vars.items()}
+    for key, value in parse_overrides(overrides).items():
+        if isinstance(value, dict):
+            raise ConfigError(f"override of {key!r}: pipeline variables are plain values", "--set")
+        if key not in variables:
+            raise ConfigError(f"unknown variable {key!r} (known: {', '.join(sorted(variables))})", "--set")
+        variables[key] = str(value)
+    variables.setdefault("pipeline_dir", str(path.parent))
+    if "device" not in variables:
+        variables["device"] = _device()
+    steps_data = data.get("steps")
+    if not isinstance(steps_data, list) or not steps_data:
+        raise PipelineError("steps must be a non-empty list", path)
+    steps: list[Step] = []
+    for index, entry in enumerate(steps_data):
+        if not isinstance(entry, dict):
+            raise PipelineError(f"step {index + 1} must be a mapping", path)
+        extra = sorted(set(entry) - {"name", "run", "inputs", "outputs", "clean"})
+        if extra:
+            known = "name, run, inputs, outputs, clean"
+            raise PipelineError(f"step {index + 1}: unknown key {extra[0]!r} (known: {known})", path)
+        name = str(entry.get("name") or f"step{index + 1}")
+        if any(s.name == name for s in steps):
+            raise PipelineError(f"two steps are named {name!r}", path)
+        where = f"step {name}"
+        words = [_substitute(w, variables, where) for w in _as_strings(entry.get("run"), f"{where}: run", path)]
+        if not words:
+            raise PipelineError(f"{where} has no command (run: [COMMAND, ARGS…])", path)
+        files = {
+            key: tuple(Path(_substitute(p, variables, where)).resolve()
+                       for p in _as_strings(entry.get(key), f"{where}: {key}", path))
+            for key in ("inputs", "outputs", "clean")
+        }
+        steps.append(Step(name=name, run=tuple(words), inputs=files["inputs"], outputs=files["outputs"],
+                          clean=files["clean"]))
+    state = data.get("state")
+    if state is not None:
+        state_path = Path(_substitute(str(state), variables, "state")).resolve()
+    elif "work" in variables:
+        state_path = Path(variables["work"]).resolve() / "pipeline_state.json"
+    else:
+        state_path = path.with_suffix(".state.json")
+    return Pipeline(name=str(data.get("name") or path.stem), source=path, variables=variables, steps=steps,
+                    state_path=state_path, description=str(data.get("description") or ""))
+
+
+def _digest(step: Step) -> str:
+    """Hash of the command and of every input file's path, size and modification time."""
+    h = hashlib.sha256()
+    h.update(json.dumps(list(step.run)).encode())
+    for item in step.inputs:
+        files = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+        for file in files:
+            try:
+                stat = file.stat()
+                h.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{file}|missing\n".encode())
+    return h.hexdigest()
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"version": STATE_VERSION, "steps": {}}
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("steps"), dict):
+        return {"version": STATE_VERSION, "steps": {}}
+    return state
+
+
+def _write_state(path: Path, state: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    execute: Callable[[Sequence[str]], int],
+    *,
+    only: Sequence[str] | None = None,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[tuple[str, str, float]]:
+    """Run the steps in order, skipping those already done with unchanged inputs.
+
+    Args:
+        pipeline: From :func:`load_pipeline`.
+        execute: Runs one medseg command (its words) and returns its exit code.
+        only: Run just these steps (others are neither run nor checked).
+        force: Run every selected step even when it is up to date.
+        echo: Where progress lines go.
+
+    Returns:
+        ``(step, "ran" | "skipped", seconds)`` for each selected step.
+
+    Raises:
+        PipelineError: A step failed (its exit code), or did not write a declared output.
+    """
+    state = _read_state(pipeline.state_path)
+    selected = [s for s in pipeline.steps if only is None or s.name in only]
+    if only is not None:
+        unknown = sorted(set(only) - {s.name for s in pipeline.steps})
+        if unknown:
+            raise PipelineError(f"no step named {unknown[0]!r} (steps: {', '.join(s.name for s in pipeline.steps)})",
+                                pipeline.source)
+    results: list[tuple[str, str, float]] = []
+    for number, step in enumerate(selected, start=1):
+        header = f"[{number}/{len(selected)}] {step.name}"
+        digest = _digest(step)
+        record = state["steps"].get(step.name, {})
+        up_to_date = record.get("digest") == digest and record.get("status") == "done" and all(
+            p.exists() for p in step.outputs)
+        if up_to_date and not force:
+            echo(f"{header}: up to date, skipped")
+            results.append((step.name, "skipped", 0.0))
+            continue
+        echo(f"{header}: medseg {' '.join(step.run)}")
+        if record.get("digest") != digest or force:
+            for stale in step.clean:
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                elif stale.exists():
+                    stale.unlink()
+        state["steps"][step.name] = {"status": "running", "digest": digest, "started": time.time()}
+        _write_state(pipeline.state_path, state)
+        start = time.perf_counter()
+        code = execute(list(step.run))
+        seconds = time.perf_counter() - start
+        if code != 0:
+            state["steps"][step.name].update(status="failed", exit_code=code)
+            _write_state(pipeline.state_path, state)
+            raise PipelineError(f"step {step.name!r} failed with exit code {code}", pipeline.source)
+        missing = [str(p) for p in step.outputs if not p.exists()]
+        if missing:
+            state["steps"][step.name].update(status="failed")
+            _write_state(pipeline.state_path, state)
+            raise PipelineError(f"step {step.name!r} did not write {', '.join(missing)}", pipeline.source)
+        state["steps"][step.name] = {"status": "done", "digest": digest, "seconds": round(seconds, 2),
+                                     "finished": time.time()}
+        _write_state(pipeline.state_path, state)
+        echo(f"{header}: done in {seconds:.1f} s")
+        results.append((step.name, "ran", seconds))
+    return results
