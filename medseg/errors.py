@@ -69,3 +69,7 @@ class EvaluationError(MedsegError):
 
 class TrainingError(MedsegError):
     """Training cannot run as asked: no dataset, a bad fold, a run folder whose config or plans differ on resume."""
+
+
+class InferenceError(MedsegError):
+    """Prediction cannot run as asked: a missing run folder or checkpoint, folds that differ, an unusable input."""

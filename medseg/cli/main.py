@@ -45,7 +45,7 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, evaluate, info, models, planning, run, train
+    from medseg.cli import convert, dataset, evaluate, info, models, planning, predict, run, train
 
     info.register(app)
     models.register(app)
@@ -55,6 +55,7 @@ def _register_subcommands() -> None:
     evaluate.register(app)
     train.register(app)
     run.register(app)
+    predict.register(app)
 
 
 _register_subcommands()

@@ -1,0 +1,88 @@
+"""``medseg predict``: segment files, folders, manifests or DICOM trees with trained runs (resumable batches)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _folds(text: str | None) -> list[int] | None:
+    from medseg.errors import InferenceError
+
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InferenceError(f"--folds must be comma-separated fold numbers or 'all', not {text!r}") from None
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    from medseg.errors import InferenceError
+
+    if value not in allowed:
+        raise InferenceError(f"{option} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``predict`` command to ``app``."""
+
+    @app.command("predict")
+    def predict(
+        input_path: Path = typer.Option(..., "--input", "-i",
+                                        help="Image file, folder of image files, manifest (.json) or DICOM tree."),
+        out: Path = typer.Option(..., "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
+        models: list[Path] = typer.Option(..., "--model", "-m",
+                                          help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K); repeat "
+                                               "for an ensemble of runs."),
+        folds: str = typer.Option(None, "--folds", "-f", help="Comma-separated folds (default: every fold_K)."),
+        checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
+        tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation (trained axes)."),
+        step: float = typer.Option(0.5, "--step", min=0.05, max=1.0, help="Window step as a fraction of the patch."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16 (autocast)."),
+        stitch_device: str = typer.Option("auto", "--stitch-device",
+                                          help="Where the stitched volume lives: auto (device when it fits), cpu "
+                                               "or cuda."),
+        fmt: str = typer.Option("nifti", "--format", help="nifti, nrrd or dicom-seg (DICOM input)."),
+        save_probabilities: bool = typer.Option(False, "--save-probabilities",
+                                                help="Also write CASE_probabilities.npz (float16, native grid)."),
+        lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component of each class."),
+        manifest: Path = typer.Option(None, "--manifest",
+                                      help="Manifest naming the labels (when INPUT is not a manifest)."),
+        batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per batch (default: automatic)."),
+        progress: str = typer.Option("auto", "--progress", help="auto, rich or plain."),
+    ) -> None:
+        """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped."""
+        from medseg.inference import Predictor, discover_cases, load_folds, run_batch
+
+        _choice(device, ("auto", "cpu", "cuda"), "--device")
+        _choice(precision, ("auto", "fp32", "fp16", "bf16"), "--precision")
+        _choice(stitch_device, ("auto", "cpu", "cuda"), "--stitch-device")
+        _choice(fmt, ("nifti", "nrrd", "dicom-seg"), "--format")
+        _choice(progress, ("auto", "rich", "plain"), "--progress")
+        _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
+        fold_list = _folds(folds)
+        cases, input_manifest = discover_cases(input_path)
+        loaded = load_folds(models, fold_list, checkpoint)
+        predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
+                              stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
+        names = predictor.label_names
+        if manifest is not None:
+            from medseg.data import load_manifest
+
+            names = load_manifest(manifest).label_names
+        elif input_manifest is not None:
+            names = input_manifest.label_names
+        settings = {
+            "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
+            "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
+        }
+        typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
+        summary = run_batch(predictor, cases, out, fmt=fmt, save_probabilities=save_probabilities, label_names=names,
+                            settings=settings, progress=progress)
+        for line in summary.lines():
+            typer.echo(line)
+        raise typer.Exit(1 if summary.failed else 0)

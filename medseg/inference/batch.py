@@ -1,0 +1,342 @@
+"""Batch prediction over hospital scans: input discovery, prefetching, failure isolation, resumable ledger.
+
+INPUT may be
+
+- one image file (``.nii.gz``, ``.nrrd``, …): one case;
+- a folder holding image files: one case per file (sorted by name);
+- a manifest (``.json``): one case per manifest case (its channel files are stacked);
+- a DICOM tree (a folder without image files): walked with :func:`medseg.io.scan_dicom`, one case per series
+  (when a corrupt file stops the walk, every file is scanned on its own and the unreadable ones become failed
+  cases).
+
+:func:`run_batch` loads and preprocesses the next case in a background thread while the current one runs on the
+device, records each case in the :class:`~medseg.inference.ledger.Ledger` (``running`` → ``done``/``failed``),
+skips cases already done with the same input and settings, goes on after a failing case (unreadable, wrong
+dimensionality, …), and ends with a summary. Progress is a rich bar with per-case timing on a terminal, plain lines
+otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from medseg.errors import ImageReadError, InferenceError, MedsegError
+from medseg.inference.ledger import Ledger, fingerprint_files, settings_hash
+from medseg.inference.writers import output_path, probabilities_path, write_dicom_seg, write_labels, write_probabilities
+
+
+@dataclass
+class CaseInput:
+    """One case to predict.
+
+    Attributes:
+        case_id: Identifier (output file names derive from it).
+        paths: Image files (one per channel), or the DICOM files of the series.
+        kind: ``files`` or ``dicom``.
+        series: The scanned series (``dicom``).
+        error: A discovery error: the case fails with it without being loaded.
+    """
+
+    case_id: str
+    paths: list[Path]
+    kind: str = "files"
+    series: Any = None
+    error: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The input as shown in the ledger: the file(s), or the series' folder."""
+        if self.kind == "dicom" and self.paths:
+            return str(Path(self.paths[0]).parent)
+        return ";".join(str(p) for p in self.paths)
+
+    def fingerprint(self) -> str:
+        """Fingerprint of the input files (see :func:`~medseg.inference.ledger.fingerprint_files`)."""
+        return fingerprint_files(sorted(self.paths))
+
+    def load(self) -> Any:
+        """Load the image (channels stacked), raising a :class:`~medseg.errors.MedsegError` on bad input."""
+        if self.error is not None:
+            raise ImageReadError(self.error, self.display)
+        if self.kind == "dicom":
+            from medseg.io.dicom import load_series
+
+            return load_series(self.series)
+        from medseg.io import load_image
+
+        images = [load_image(p) for p in self.paths]
+        if len(images) == 1:
+            return images[0]
+        import torch
+        from monai.data import MetaTensor
+
+        shapes = {tuple(i.shape[1:]) for i in images}
+        if len(shapes) != 1:
+            raise InferenceError(f"the channel images have different grids {sorted(shapes)}", self.display)
+        stacked = torch.cat([i.as_tensor().float() for i in images])
+        return MetaTensor(stacked, affine=images[0].affine, meta=dict(images[0].meta))
+
+
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from medseg.io.image import image_suffix
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+
+
+def _case_id_of(path: Path) -> str:
+    from medseg.io.image import image_suffix
+
+    suffix = image_suffix(path)
+    return _safe_id(path.name[: -len(suffix)] if suffix else path.name)
+
+
+def _dicom_cases(root: Path) -> list[CaseInput]:
+    from medseg.io import scan_dicom
+    from medseg.io.dicom import SeriesInfo, _is_dicom_file, _walk_files
+
+    try:
+        series = scan_dicom(root)
+        failures: list[CaseInput] = []
+    except ImageReadError:
+        merged: dict[str, SeriesInfo] = {}
+        failures = []
+        for file in _walk_files(root):
+            if not _is_dicom_file(file):
+                continue
+            try:
+                found = scan_dicom(file)
+            except MedsegError as exc:
+                failures.append(CaseInput(_safe_id(f"unreadable_{file.relative_to(root)}"), [file], "dicom",
+                                          error=exc.problem))
+                continue
+            for info in found:
+                target = merged.setdefault(info.series_instance_uid, SeriesInfo(
+                    info.series_instance_uid, [], info.study_instance_uid, info.patient_id, info.modality,
+                    info.series_description, info.series_number))
+                target.files.extend(info.files)
+                target.frames += info.frames
+        series = list(merged.values())
+    cases = [CaseInput(_safe_id(info.series_instance_uid), list(info.files), "dicom", info) for info in series]
+    return cases + failures
+
+
+def discover_cases(input_path: str | Path) -> tuple[list[CaseInput], Any]:
+    """The cases of INPUT (see the module docstring) and the manifest when INPUT is one.
+
+    Raises:
+        InferenceError: INPUT does not exist or holds nothing to predict.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise InferenceError("no such input file or folder", path)
+    if path.is_file() and path.suffix.lower() == ".json":
+        from medseg.data import load_manifest
+
+        manifest = load_manifest(path)
+        cases = [CaseInput(_safe_id(c.id), manifest.image_paths(c)) for c in manifest.cases]
+        if not cases:
+            raise InferenceError("the manifest has no cases", path)
+        return cases, manifest
+    if path.is_file():
+        from medseg.io.image import image_format
+
+        if image_format(path) == "dicom":
+            return _dicom_cases(path), None
+        return [CaseInput(_case_id_of(path), [path])], None
+    files = _image_files(path)
+    if files:
+        return [CaseInput(_case_id_of(p), [p]) for p in files], None
+    try:
+        return _dicom_cases(path), None
+    except MedsegError as exc:
+        raise InferenceError(f"no image files and no DICOM series found ({exc.problem})", path) from exc
+
+
+@dataclass
+class BatchSummary:
+    """The outcome of :func:`run_batch`.
+
+    Attributes:
+        done: Case ids predicted in this run.
+        skipped: Case ids already done (same input and settings).
+        failed: ``(case id, error)`` of the cases that failed.
+        seconds: Wall time.
+        timings: Case id → seconds per stage.
+    """
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        out = [f"{len(self.done)} predicted, {len(self.skipped)} already done, {len(self.failed)} failed "
+               f"in {self.seconds:.1f} s"]
+        out += [f"failed: {case_id}: {error}" for case_id, error in self.failed]
+        return out
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, MedsegError):
+        return str(exc)
+    return f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'}"
+
+
+class _Progress:
+    """A rich progress bar on a terminal, otherwise one plain line per case."""
+
+    def __init__(self, total: int, mode: str, stream: TextIO) -> None:
+        self.stream = stream
+        self.total = total
+        self.count = 0
+        use_rich = mode == "rich" or (mode == "auto" and getattr(stream, "isatty", lambda: False)())
+        self.bar: Any = None
+        if use_rich and total:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=Console(file=stream))
+            self.bar.start()
+            self.task = self.bar.add_task("predict", total=total)
+
+    def case(self, case_id: str, status: str, timings: Mapping[str, float]) -> None:
+        self.count += 1
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
+        line = f"[{self.count}/{self.total}] {case_id}: {status} in {timings.get('total', 0.0):.2f} s ({stages})"
+        if self.bar is not None:
+            self.bar.console.print(line)
+            self.bar.update(self.task, advance=1, description=case_id)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_batch(
+    predictor: Any,
+    cases: Sequence[CaseInput],
+    out_dir: str | Path,
+    *,
+    fmt: str = "nifti",
+    save_probabilities: bool = False,
+    label_names: Mapping[int, str] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    progress: str = "auto",
+    stream: TextIO | None = None,
+    after_case: Callable[[str, str], None] | None = None,
+) -> BatchSummary:
+    """Predict every case, resumably (see the module docstring).
+
+    Args:
+        predictor: A :class:`~medseg.inference.predictor.Predictor`.
+        cases: From :func:`discover_cases`.
+        out_dir: Output folder (also holds ``ledger.sqlite``).
+        fmt: ``nifti``, ``nrrd`` or ``dicom-seg`` (DICOM input only).
+        save_probabilities: Also write ``CASE_probabilities.npz``.
+        label_names: Label value → name (segment labels of DICOM SEG, probability class names).
+        settings: What defines the results (hashed; a change redoes the cases).
+        progress: ``auto``, ``rich`` or ``plain``.
+        stream: Where progress goes (default stderr).
+        after_case: Called as ``after_case(case_id, status)`` after each case is recorded.
+
+    Returns:
+        The summary; ``KeyboardInterrupt`` is re-raised after the ledger records the interrupted run.
+    """
+    from medseg import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = dict(label_names or predictor.label_names)
+    settings = {**dict(settings or {}), "format": fmt, "save_probabilities": save_probabilities}
+    digest = settings_hash(settings)
+    summary = BatchSummary()
+    start_all = time.perf_counter()
+    with Ledger(out) as ledger:
+        ledger.begin_run(settings)
+        pending: list[tuple[CaseInput, str]] = []
+        for case in cases:
+            fingerprint = case.fingerprint()
+            if ledger.is_done(case.case_id, fingerprint, digest):
+                summary.skipped.append(case.case_id)
+            else:
+                pending.append((case, fingerprint))
+        bar = _Progress(len(pending), progress, stream or sys.stderr)
+        interrupted = False
+
+        def load_and_prepare(case: CaseInput) -> Any:
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            image = case.load()
+            timings["load"] = time.perf_counter() - t0
+            prepared = predictor.prepare(case.case_id, image)
+            prepared.seconds = {**timings, **prepared.seconds}
+            return prepared
+
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prefetch")
+        try:
+            futures: dict[int, Future[Any]] = {}
+            if pending:
+                futures[0] = executor.submit(load_and_prepare, pending[0][0])
+            for index, (case, fingerprint) in enumerate(pending):
+                started = time.perf_counter()
+                ledger.start(case.case_id, case.display, fingerprint, digest)
+                timings: dict[str, float] = {}
+                try:
+                    prepared = futures.pop(index).result()
+                    if index + 1 < len(pending):
+                        futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
+                    if fmt == "dicom-seg" and case.kind != "dicom":
+                        raise InferenceError("--format dicom-seg needs DICOM input", case.display)
+                    prediction = predictor.predict_prepared(prepared, probabilities=save_probabilities)
+                    timings.update(prediction.seconds)
+                    t0 = time.perf_counter()
+                    target = output_path(out, case.case_id, fmt)
+                    if fmt == "dicom-seg":
+                        write_dicom_seg(prediction.labels[0].numpy(), prediction.labels.meta["source_files"], target,
+                                        names, num_classes=predictor.num_classes, software_version=__version__)
+                    else:
+                        write_labels(prediction.labels, target)
+                    if save_probabilities and prediction.probabilities is not None:
+                        write_probabilities(prediction.probabilities, probabilities_path(out, case.case_id), names)
+                    timings["write"] = time.perf_counter() - t0
+                    timings["total"] = time.perf_counter() - started
+                    ledger.finish(case.case_id, str(target), timings)
+                    summary.done.append(case.case_id)
+                    status = "done"
+                except Exception as exc:
+                    if index + 1 < len(pending) and index + 1 not in futures:
+                        futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
+                    timings["total"] = time.perf_counter() - started
+                    error = _error_text(exc)
+                    ledger.fail(case.case_id, error, timings)
+                    summary.failed.append((case.case_id, error))
+                    status = f"failed ({error})"
+                summary.timings[case.case_id] = timings
+                bar.case(case.case_id, status, timings)
+                if after_case is not None:
+                    after_case(case.case_id, "done" if status == "done" else "failed")
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+            summary.seconds = time.perf_counter() - start_all
+            ledger.end_run(len(summary.done), len(summary.skipped), len(summary.failed), interrupted)
+    return summary
