@@ -190,7 +190,7 @@ def make_tissue_dataset(
 
     from medseg.data.manifest import Case, Channel, Manifest, save_manifest
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     t1, gm, wm, affine = _load_template(spacing_mm)
     streams = {"Tr": np.random.SeedSequence([seed, 0]), "Ts": np.random.SeedSequence([seed, 1])}
     cases: dict[str, list[Case]] = {"Tr": [], "Ts": []}
