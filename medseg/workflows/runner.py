@@ -13,13 +13,17 @@ line) and declares the files it reads (``inputs``) and writes (``outputs``)::
         inputs: ["${work}/data/dataset.json"]
         outputs: ["${work}/plans.json"]
 
+A step may list ``ok_exit_codes`` besides 0 that still count as done — say ``[3]`` for a batch prediction that
+reports failed cases in its ledger and exit code but should not stop the report that follows.
+
 A step may also list ``clean`` paths: folders or files deleted before the step runs on changed inputs (say, a
 training run folder that must start afresh after the plans changed), but kept when the step runs again after an
 interruption with the same inputs, so that a command given ``--resume`` continues where it stopped.
 
 ``${name}`` is replaced by a variable (``vars``, overridden with ``--set name=value``) or a built-in:
 ``${device}`` (``cuda`` when a CUDA device is present, else ``cpu``) and ``${pipeline_dir}`` (the folder of the
-pipeline file). Relative paths are relative to the folder the pipeline is run from.
+pipeline file), which ``--set`` overrides like any variable. Relative paths are relative to the folder the pipeline
+is run from.
 
 A step is skipped when it finished before with the same command and the same input files (paths, sizes and
 modification times; every file of an input folder), and all its outputs still exist. Otherwise it runs, and so does
@@ -61,6 +65,7 @@ class Step:
     inputs: tuple[Path, ...] = ()
     outputs: tuple[Path, ...] = ()
     clean: tuple[Path, ...] = ()
+    ok_exit_codes: tuple[int, ...] = (0,)
 
 
 @dataclass
@@ -121,15 +126,14 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
     if not isinstance(raw_vars, dict):
         raise PipelineError("vars must be a mapping of names to values", path)
     variables = {str(k): str(v) for k, v in raw_vars.items()}
+    variables.setdefault("pipeline_dir", str(path.parent))
+    variables.setdefault("device", _device())
     for key, value in parse_overrides(overrides).items():
         if isinstance(value, dict):
             raise ConfigError(f"override of {key!r}: pipeline variables are plain values", "--set")
         if key not in variables:
             raise ConfigError(f"unknown variable {key!r} (known: {', '.join(sorted(variables))})", "--set")
         variables[key] = str(value)
-    variables.setdefault("pipeline_dir", str(path.parent))
-    if "device" not in variables:
-        variables["device"] = _device()
     steps_data = data.get("steps")
     if not isinstance(steps_data, list) or not steps_data:
         raise PipelineError("steps must be a non-empty list", path)
@@ -137,9 +141,9 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
     for index, entry in enumerate(steps_data):
         if not isinstance(entry, dict):
             raise PipelineError(f"step {index + 1} must be a mapping", path)
-        extra = sorted(set(entry) - {"name", "run", "inputs", "outputs", "clean"})
+        extra = sorted(set(entry) - {"name", "run", "inputs", "outputs", "clean", "ok_exit_codes"})
         if extra:
-            known = "name, run, inputs, outputs, clean"
+            known = "name, run, inputs, outputs, clean, ok_exit_codes"
             raise PipelineError(f"step {index + 1}: unknown key {extra[0]!r} (known: {known})", path)
         name = str(entry.get("name") or f"step{index + 1}")
         if any(s.name == name for s in steps):
@@ -153,8 +157,11 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
                        for p in _as_strings(entry.get(key), f"{where}: {key}", path))
             for key in ("inputs", "outputs", "clean")
         }
+        codes = entry.get("ok_exit_codes", [0])
+        if not isinstance(codes, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
+            raise PipelineError(f"{where}: ok_exit_codes must be a list of integers", path)
         steps.append(Step(name=name, run=tuple(words), inputs=files["inputs"], outputs=files["outputs"],
-                          clean=files["clean"]))
+                          clean=files["clean"], ok_exit_codes=tuple(sorted({0, *codes}))))
     state = data.get("state")
     if state is not None:
         state_path = Path(_substitute(str(state), variables, "state")).resolve()
@@ -251,7 +258,7 @@ def run_pipeline(
         start = time.perf_counter()
         code = execute(list(step.run))
         seconds = time.perf_counter() - start
-        if code != 0:
+        if code not in step.ok_exit_codes:
             state["steps"][step.name].update(status="failed", exit_code=code)
             _write_state(pipeline.state_path, state)
             raise PipelineError(f"step {step.name!r} failed with exit code {code}", pipeline.source)
@@ -261,8 +268,9 @@ def run_pipeline(
             _write_state(pipeline.state_path, state)
             raise PipelineError(f"step {step.name!r} did not write {', '.join(missing)}", pipeline.source)
         state["steps"][step.name] = {"status": "done", "digest": digest, "seconds": round(seconds, 2),
-                                     "finished": time.time()}
+                                     "finished": time.time(), "exit_code": code}
         _write_state(pipeline.state_path, state)
-        echo(f"{header}: done in {seconds:.1f} s")
+        accepted = f" (exit code {code}, accepted)" if code else ""
+        echo(f"{header}: done in {seconds:.1f} s{accepted}")
         results.append((step.name, "ran", seconds))
     return results

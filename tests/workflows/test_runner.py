@@ -69,6 +69,7 @@ def test_set_overrides_variables_and_changes_the_command(pipeline_file: Path, tm
     assert pipeline.steps[0].run[-1].endswith("a.mha") and pipeline.variables["device"] in ("cpu", "cuda")
     with pytest.raises(ConfigError, match="unknown variable 'endings'"):
         load_pipeline(pipeline_file, ["endings=mha"])
+    assert load_pipeline(pipeline_file, ["device=cpu"]).variables["device"] == "cpu"  # built-ins are overridable
 
 
 def test_failed_step_stops_and_resumes_there(pipeline_file: Path) -> None:
