@@ -45,7 +45,7 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, evaluate, info, models, planning, predict, run, train
+    from medseg.cli import convert, dataset, evaluate, info, models, planning, predict, run, train, volumes
 
     info.register(app)
     models.register(app)
@@ -56,6 +56,7 @@ def _register_subcommands() -> None:
     train.register(app)
     run.register(app)
     predict.register(app)
+    volumes.register(app)
 
 
 _register_subcommands()

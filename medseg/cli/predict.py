@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+#: Exit code of a batch that finished with some failed cases (1 means an error stopped the command).
+PARTIAL_FAILURE_EXIT = 3
+
 
 def _folds(text: str | None) -> list[int] | None:
     from medseg.errors import InferenceError
@@ -55,7 +58,11 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per batch (default: automatic)."),
         progress: str = typer.Option("auto", "--progress", help="auto, rich or plain."),
     ) -> None:
-        """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped."""
+        """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
+
+        Exit code 0 when every case was predicted, 3 when the batch finished but some cases failed (see the ledger),
+        1 when an error stopped the command.
+        """
         from medseg.inference import Predictor, discover_cases, load_folds, run_batch
 
         _choice(device, ("auto", "cpu", "cuda"), "--device")
@@ -85,4 +92,4 @@ def register(app: typer.Typer) -> None:
                             settings=settings, progress=progress)
         for line in summary.lines():
             typer.echo(line)
-        raise typer.Exit(1 if summary.failed else 0)
+        raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed else 0)

@@ -18,6 +18,7 @@ otherwise.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -29,7 +30,15 @@ from typing import Any, TextIO
 
 from medseg.errors import ImageReadError, InferenceError, MedsegError
 from medseg.inference.ledger import Ledger, fingerprint_files, settings_hash
-from medseg.inference.writers import output_path, probabilities_path, write_dicom_seg, write_labels, write_probabilities
+from medseg.inference.writers import (
+    LABELS_FILE,
+    atomic_write,
+    output_path,
+    probabilities_path,
+    write_dicom_seg,
+    write_labels,
+    write_probabilities,
+)
 
 
 @dataclass
@@ -263,6 +272,8 @@ def run_batch(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = dict(label_names or predictor.label_names)
+    atomic_write(out / LABELS_FILE, lambda h: h.write(
+        (json.dumps({str(k): v for k, v in sorted(names.items())}, indent=2) + "\n").encode()))
     settings = {**dict(settings or {}), "format": fmt, "save_probabilities": save_probabilities}
     digest = settings_hash(settings)
     summary = BatchSummary()
@@ -308,8 +319,11 @@ def run_batch(
                     t0 = time.perf_counter()
                     target = output_path(out, case.case_id, fmt)
                     if fmt == "dicom-seg":
-                        write_dicom_seg(prediction.labels[0].numpy(), prediction.labels.meta["source_files"], target,
-                                        names, num_classes=predictor.num_classes, software_version=__version__)
+                        source = prediction.labels.meta
+                        description = f"medseg {source.get('series_description') or ''}".strip()[:64]
+                        write_dicom_seg(prediction.labels[0].numpy(), source["source_files"], target, names,
+                                        num_classes=predictor.num_classes, software_version=__version__,
+                                        series_description=description)
                     else:
                         write_labels(prediction.labels, target)
                     if save_probabilities and prediction.probabilities is not None:

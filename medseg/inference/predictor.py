@@ -308,7 +308,8 @@ class Predictor:
         meta = dict(getattr(case.image, "meta", {}) or {})
         affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
         keep = {k: meta[k] for k in ("filename_or_obj", "format", "series_instance_uid", "study_instance_uid",
-                                     "sop_instance_uids", "source_files", "frame_of_reference_uid") if k in meta}
+                                     "sop_instance_uids", "source_files", "frame_of_reference_uid", "patient_id",
+                                     "modality", "series_description") if k in meta}
         image = make_image(labels[None], affine, keep)
         return Prediction(labels=image, probabilities=exported.probabilities, seconds=seconds,
                           window_stats=self.window.stats)

@@ -23,6 +23,8 @@ from medseg.errors import InferenceError
 
 #: Output format → file ending.
 FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom-seg": ".dcm"}
+#: Label value → name of the outputs (``{"1": "liver", …}``), written beside them; ``medseg volumes`` reads it.
+LABELS_FILE = "labels.json"
 
 
 #: Patient/study attributes a SEG must carry (Type 2: present, possibly empty), copied from the source images.
@@ -121,6 +123,8 @@ def write_dicom_seg(
         for keyword in TYPE2_PATIENT_STUDY:
             if keyword not in ds:
                 setattr(ds, keyword, "")
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:  # empty means the default repertoire
+            del ds.SpecificCharacterSet
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     if labels.shape[:2] != (cols, rows):
         raise InferenceError(f"label map {labels.shape[:2]} does not match the source matrix {cols}×{rows}", path)

@@ -9,7 +9,8 @@ NIfTI axis or the vector components otherwise). Their ``meta`` holds:
 
 - ``affine``: 4×4 float64 voxel-to-world matrix in RAS+ millimetres (also ``original_affine``);
 - ``spacing``, ``origin``, ``direction``: the same geometry split apart (RAS; direction columns are axes);
-- ``spatial_shape``, ``filename_or_obj``, ``format`` (``nifti``, ``nrrd``, ``mha``, ``mhd``, ``dicom``), ``space``;
+- ``spatial_shape``, ``filename_or_obj``, ``format`` (``nifti``, ``nrrd``, ``mha``, ``mhd``, ``dicom``, ``dicom-seg``),
+  ``space``;
 - ``original_dtype``: the dtype on disk. Torch has no full ``uint16``/``uint32`` support, so those load widened
   losslessly to ``int32``/``int64`` and are narrowed back by :func:`save_image`;
 - for DICOM, the series' identifiers (see :func:`medseg.io.dicom.read_dicom_series`).
@@ -115,8 +116,9 @@ def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor
     """Load an image file or a DICOM series folder as a channel-first ``MetaTensor`` with RAS geometry.
 
     Args:
-        path: A ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, a DICOM file, or a folder holding
-            one DICOM series (searched recursively).
+        path: A ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, a DICOM file, a folder holding
+            one DICOM series (searched recursively), or a DICOM Segmentation file (read as a label map of segment
+            numbers, see :mod:`medseg.io.dicom_seg`).
         series_uid: For a DICOM folder with several series, the SeriesInstanceUID to read.
 
     Returns:
@@ -133,7 +135,10 @@ def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor
     fmt = image_format(path)
     if fmt == "dicom":
         from medseg.io.dicom import read_dicom_series
+        from medseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
 
+        if is_dicom_seg(path):
+            return read_dicom_seg(path)
         return read_dicom_series(path, series_uid=series_uid)
     if fmt == "nifti":
         return _read_nifti(path)

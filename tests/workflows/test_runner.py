@@ -145,3 +145,26 @@ def test_clean_paths_go_only_when_inputs_changed(tmp_path: Path) -> None:
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
     run_pipeline(load_pipeline(tmp_path / "p.yaml"), make, echo=lambda _: None)
     assert not (run_dir / "keep").exists() and (run_dir / "done").exists()  # new inputs: a fresh start
+
+
+def test_ok_exit_codes_count_as_done_and_others_fail(pipeline_file: Path) -> None:
+    text = pipeline_file.read_text().replace('    outputs: ["${work}/a.${ending}"]',
+                                             '    outputs: ["${work}/a.${ending}"]\n    ok_exit_codes: [3]')
+    pipeline_file.write_text(text)
+    pipeline = load_pipeline(pipeline_file)
+    assert pipeline.steps[0].ok_exit_codes == (0, 3) and pipeline.steps[1].ok_exit_codes == (0,)
+
+    def execute(code: int):
+        def run(words):
+            save_image(make_image(np.zeros((1, 2, 2, 2), np.uint8), np.eye(4)), words[-1])
+            return code
+        return run
+
+    lines: list[str] = []
+    run_pipeline(pipeline, execute(3), only=["first"], echo=lines.append)
+    assert any("exit code 3, accepted" in line for line in lines)
+    with pytest.raises(PipelineError, match="exit code 3"):
+        run_pipeline(pipeline, execute(3), only=["second"], echo=lambda _: None)
+    pipeline_file.write_text(text.replace("ok_exit_codes: [3]", "ok_exit_codes: three"))
+    with pytest.raises(PipelineError, match="ok_exit_codes must be a list of integers"):
+        load_pipeline(pipeline_file)
