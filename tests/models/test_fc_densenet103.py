@@ -42,6 +42,13 @@ def test_parameter_count() -> None:
     assert get_model_info("fc_densenet103").paper.params == 9_400_000
 
 
+def test_count_the_authors_way_rounds_to_the_papers_figure() -> None:
+    # Network.summary in SimJeg/FC-DenseNet sums get_all_param_values, BN running mean and inverse std included.
+    model = _paper("fc_densenet103")
+    bn = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert count_parameters(model) + 2 * bn == 9_425_163  # 9.4M; the trainable 9,322,091 rounds to 9.3M
+
+
 def test_transition_layers() -> None:
     model = _paper("fc_densenet103")
     td = model.transitions_down[0]

@@ -182,3 +182,18 @@ def test_paper_configurations_layer_sizes() -> None:
     assert cp.head.prior_conv.conv.out_channels == 4096 and cp.head.bottleneck.conv.in_channels == 3072
     # CCNet: attention on 512 channels with 64-channel queries/keys, recurrence 2.
     assert cc.head.cca.query.out_channels == 64 and cc.head.recurrence == 2
+
+
+def test_denseaspp_count_equals_the_authors_code() -> None:
+    # DeepMotionAIResearch/DenseASPP models/DenseASPP.py with cfgs/DenseASPP161.py: torchvision's DenseNet-161 features
+    # with norm5 moved behind a fourth transition (its BN on 2208 channels takes norm5's place, then a 1x1 2208 -> 1104
+    # and norm5 on 1104), five _DenseAsppBlocks ([BN], 1x1 to 512 with bias, BN, 3x3 to 128 with bias) and a 1x1
+    # classifier with bias.
+    features = 28_681_000 - (2208 * 1000 + 1000)  # torchvision densenet161 without its classifier
+    reference = features + 2208 * 1104 + 2 * 1104 + 1744 * 19 + 19
+    for i in range(5):
+        c_in = 1104 + 128 * i
+        reference += (2 * c_in if i else 0) + c_in * 512 + 512 + 2 * 512 + 512 * 128 * 9 + 128
+    with torch.device("meta"):
+        model = create_model("denseaspp", 2, 3, 19)
+    assert sum(p.numel() for p in model.parameters()) == reference == 35_395_427

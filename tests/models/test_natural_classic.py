@@ -173,3 +173,13 @@ def test_context_module_basic_and_large() -> None:
 ])
 def test_paper_configuration_counts(name: str, count: int) -> None:
     assert paper_parameter_count(name) == count
+
+
+def test_dilated_context_equals_the_authors_voc_network() -> None:
+    # (in, out, kernel) of every convolution of fyu/dilation models/dilation8_pascal_voc_deploy.prototxt, each with a
+    # bias: the dilated VGG-16 front-end, fc6 (7x7) and fc7, the 21 scores, then the large context module (2C..32C, C).
+    layers = [(3, 64, 3), (64, 64, 3), (64, 128, 3), (128, 128, 3), (128, 256, 3), (256, 256, 3), (256, 256, 3),
+              (256, 512, 3), *[(512, 512, 3)] * 5, (512, 4096, 7), (4096, 4096, 1), (4096, 21, 1),
+              (21, 42, 3), (42, 42, 3), (42, 84, 3), (84, 168, 3), (168, 336, 3), (336, 672, 3), (672, 672, 3),
+              (672, 21, 1)]
+    assert paper_parameter_count("dilated_context") == sum(i * o * k * k + o for i, o, k in layers) == 141_149_720

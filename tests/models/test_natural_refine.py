@@ -176,3 +176,43 @@ def test_lrr_levels_and_boundary_mask() -> None:
     full = _meta("lrr", 2, 3, 21)
     assert [c.out_channels for c in full.coefficients] == [210] * 4
     assert all(b.groups == 21 and b.kernel_size == (8, 8) and b.stride == (4, 4) for b in full.bases)
+
+
+def _frrn_reference_count(model: str, classes: int = 19, base: int = 48, lanes: int = 32) -> int:
+    """Parameters of the authors' FRRNABuilder / FRRNBBuilder (github.com/TobyPDE/FRRN, dltools/architectures.py).
+
+    ``add_conv``: no bias unless asked, BN (scale and shift) unless switched off; FRRU: two 3x3 convolutions on the
+    pooling stream concatenated with the pooled residual stream, a 1x1 convolution with bias to the ``lanes``.
+    """
+
+    def conv(c_in: int, c_out: int, k: int, bias: bool = False, bn: bool = True) -> int:
+        return c_in * c_out * k * k + (c_out if bias else 0) + (2 * c_out if bn else 0)
+
+    count = conv(3, base, 5) + 3 * 2 * conv(base, base, 3) + conv(base, lanes, 1)  # 5x5, three RUs, residual stream
+    stages = [(3, 2), (4, 4), (2, 8), (2, 8)] + ([(2, 8), (2, 4)] if model == "B" else []) + [(2, 4), (2, 4), (2, 2)]
+    c = base
+    for n, mult in stages:  # (FRRUs, channel multiplier) of each stage, encoder then decoder
+        for _ in range(n):
+            width = base * mult
+            count += conv(c + lanes, width, 3) + conv(width, width, 3) + conv(width, lanes, 1, bias=True, bn=False)
+            c = width
+    count += conv(c + lanes, base, 1, bn=False) + conv(c + lanes, base, 3) + conv(base, base, 3)  # projecting RU
+    count += 2 * 2 * conv(base, base, 3)  # two more RUs
+    return count + conv(base, classes, 1, bias=True, bn=False)
+
+
+def test_frrn_counts_equal_the_authors_builders() -> None:
+    assert count_parameters(_meta("frrn", 2, 3, 19, model="A")) == _frrn_reference_count("A") == 17_746_803
+    assert count_parameters(_meta("frrn", 2, 3, 19, model="B")) == _frrn_reference_count("B") == 24_755_699
+
+
+def test_ocrnet_head_equals_the_authors_code() -> None:
+    # HRNet-Semantic-Segmentation (branch HRNet-OCR) seg_hrnet_ocr.py: conv3x3_ocr (with bias) + BN,
+    # SpatialOCR_Module(512, key 256, 512) (f_pixel and f_object two 1x1 + BN each, f_down, f_up, 1024 -> 512 fusion),
+    # cls_head (1x1 with bias) and aux_head (1x1 720 -> 720 with bias + BN, 1x1 to the classes with bias).
+    c, mid, key, k = 720, 512, 256, 19
+    head = ((c * mid * 9 + mid + 2 * mid) + 2 * (mid * key + key * key + 4 * key) + (mid * key + 2 * key)
+            + (key * mid + 2 * mid) + (2 * mid * mid + 2 * mid) + (mid * k + k) + (c * c + 3 * c + c * k + k))
+    model = _meta("ocrnet", 2, 3, 19)
+    assert count_parameters(model) - count_parameters(model.backbone) == head == 5_047_558
+    assert count_parameters(model) == 70_372_678

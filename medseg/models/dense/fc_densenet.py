@@ -28,13 +28,19 @@ values from the bottleneck on are 16 higher than printed): 48 | 112, 192, 304, 4
 
 Parameter counts: the paper reports (Table 3, CamVid: 3-channel input, 11 classes) 1.5M for FC-DenseNet56 and 9.4M
 for FC-DenseNet103; we read these figures as quoted from the paper in the authors' repository (SimJeg/FC-DenseNet
-issue #31: "Paper: 56 layer: 1.5 mil. 103 layer: 9.4 mil"), not from the table itself. We count, with biases on
+issue #31: "Paper: 56 layer: 1.5 mil. 103 layer: 9.4 mil"; bfortuner/pytorch_tiramisu issue #14: "in the original
+paper, the parameters for FC-DenseNet56 is about 1.5 M"), not from the table itself. We count, with biases on
 every convolution and affine BN as in the authors' Lasagne code: 1,376,795 (56), 3,463,243 (67) and 9,322,091 (103).
-The 103 count is 0.8% below the paper's figure, which the registry records. The 56 count is 8% below 1.5M; the
+The authors' ``Network.summary`` counts ``np.sum(map(np.size, get_all_param_values(output_layer)))``, i.e. every
+Lasagne parameter including the non-trainable running mean and inverse standard deviation of each BN layer; counted
+that way the same layouts give 1,397,963 (56), 3,502,923 (67) and 9,425,163 (103); the last rounds to the paper's
+9.4M, where the trainable count alone would round to 9.3M. The 103 count is 0.8% below the paper's figure (0.3%
+above it the Lasagne way), which the registry records. The 56 count is 8% below 1.5M (7% the Lasagne way); the
 authors' own code builds the same layout (4 layers, k = 12, five TDs), and independent re-implementations report
 1.4M too (issue #31), so the paper's 1.5M is not reproducible from the described network and the registry records
-``None`` for it. For FC-DenseNet67 we could not read the paper's table itself (a figure of 3.5M is commonly cited;
-our count is 1% below it), so the registry records ``None`` rather than an unverified figure.
+``None`` for it. For FC-DenseNet67 we could not read the paper's table itself nor a quotation of it (a figure of
+3.5M is commonly attributed to it; our counts are 1.1% below and 0.1% above it), so the registry records ``None``
+rather than an unverified figure.
 
 We write our own implementation: MONAI has no FC-DenseNet. The network works in 2D (paper) and 3D (same layout
 with 3x3x3 kernels and 2x2x2 pooling). Each spatial size must be a multiple of ``2**n_pool`` (32 for the paper's
@@ -189,7 +195,8 @@ class FCDenseNet(SegmentationModel):
         out_channels=11,
         kwargs={},
         params=9_400_000,
-        source="CVPRW 2017, Table 2 (architecture) and Table 3 (CamVid: FC-DenseNet103 (k=16), 9.4M parameters)",
+        source="CVPRW 2017, Table 2 (architecture) and Table 3 (CamVid: FC-DenseNet103 (k=16), 9.4M parameters, "
+               "as quoted in SimJeg/FC-DenseNet#31)",
     ),
     divisor=32,
     test_kwargs=_TEST,
@@ -197,7 +204,9 @@ class FCDenseNet(SegmentationModel):
 class FCDenseNet103(FCDenseNet):
     """FC-DenseNet103 of Jégou et al. (CVPRW 2017): blocks of 4,5,7,10,12 | 15 | 12,10,7,5,4 layers, k = 16.
 
-    See :class:`FCDenseNet` for the shapes and the options; the defaults are the paper's Table 2.
+    See :class:`FCDenseNet` for the shapes and the options; the defaults are the paper's Table 2. Parameters: the
+    paper gives 9.4M (Table 3); we count 9,322,091 at its configuration (3 channels in, 11 classes; 9,425,163 with
+    the BN running statistics the authors' code counts).
     """
 
     def __init__(
@@ -229,8 +238,8 @@ class FCDenseNet103(FCDenseNet):
         out_channels=11,
         kwargs={},
         params=None,
-        source="CVPRW 2017, Section 4 (5 layers per dense block, k=16); Table 3's figure could not be verified, so "
-               "none is recorded (our count: 3,463,243)",
+        source="CVPRW 2017, Section 4 (5 layers per dense block, k=16); Table 3's figure for it could not be read "
+               "(3.5M is commonly attributed to it), so none is recorded (our count: 3,463,243)",
     ),
     divisor=32,
     test_kwargs=_TEST,
@@ -238,7 +247,9 @@ class FCDenseNet103(FCDenseNet):
 class FCDenseNet67(FCDenseNet):
     """FC-DenseNet67 of Jégou et al. (CVPRW 2017): 5 layers in each of the 11 dense blocks, k = 16.
 
-    See :class:`FCDenseNet` for the shapes and the options; the defaults are the paper's configuration.
+    See :class:`FCDenseNet` for the shapes and the options; the defaults are the paper's configuration. Parameters:
+    we could not read the paper's Table 3 figure for this network (3.5M is commonly attributed to it); we count
+    3,463,243 (3,502,923 with the BN running statistics the authors' code counts).
     """
 
     def __init__(
@@ -270,8 +281,9 @@ class FCDenseNet67(FCDenseNet):
         out_channels=11,
         kwargs={},
         params=None,
-        source="CVPRW 2017, Section 4 (4 layers per dense block, k=12); Table 3 states 1.5M parameters, which the "
-               "layout of Tables 1-2 does not reproduce (1,376,795; see the module docstring), so none is recorded",
+        source="CVPRW 2017, Section 4 (4 layers per dense block, k=12); Table 3 states 1.5M parameters (quoted in "
+               "SimJeg/FC-DenseNet#31), which the layout of Tables 1-2 does not reproduce (1,376,795; 1,397,963 "
+               "counted the authors' Lasagne way; see the module docstring), so none is recorded",
     ),
     divisor=32,
     test_kwargs=_TEST,
@@ -279,7 +291,9 @@ class FCDenseNet67(FCDenseNet):
 class FCDenseNet56(FCDenseNet):
     """FC-DenseNet56 of Jégou et al. (CVPRW 2017): 4 layers in each of the 11 dense blocks, k = 12.
 
-    See :class:`FCDenseNet` for the shapes and the options; the defaults are the paper's configuration.
+    See :class:`FCDenseNet` for the shapes and the options; the defaults are the paper's configuration. Parameters:
+    the paper gives 1.5M (Table 3); the described layout, which the authors' code builds, has 1,376,795 (1,397,963
+    with the BN running statistics the authors' code counts), so the figure is not reproduced (module docstring).
     """
 
     def __init__(

@@ -10,8 +10,15 @@ stages, residual convolutional encoder blocks on each resolution and a deconvolu
 medseg's constructor contract and the input check.
 
 Paper configuration: 3D, 4 input channels (T1, T1c, T2, FLAIR), 3 output channels (tumour sub-regions),
-``feature_size=48``, 128x128x128 crops. We did not find a parameter count in the paper text, so the registry
-records ``None``.
+``feature_size=48``, 128x128x128 crops. We count 62,191,941 parameters for it.
+
+Parameter figures: we did not find a parameter count in this paper, so the registry records ``None``. Asked for the
+paper's count (Project-MONAI/research-contributions issue #58), the first author answered "The Swin UNETR model has
+62M parameters. You can find this information in Table S.3" of Tang et al., "Self-Supervised Pre-Training of Swin
+Transformers for 3D Medical Image Analysis", CVPR 2022 (arXiv:2111.14791), a different paper (BTCV: 1 input
+channel, 14 classes; we count 62,187,296 there), and the authors' reference code lists 62.1M for this BraTS
+configuration (research-contributions ``SwinUNETR/BRATS21/README.md``: feature size 48, "# params (M)" 62.1). Our
+counts are 0.3% above 62M and 0.15% above 62.1M; we could not read Table S.3 itself.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ def _require_einops(name: str) -> None:
         out_channels=3,
         kwargs={"feature_size": 48},
         params=None,
-        source="BrainLes 2021 (LNCS 12962, 2022), Section 3 and Fig. 2 (no parameter count found in the paper)",
+        source="BrainLes 2021 (LNCS 12962, 2022), Section 3 and Fig. 2 (no parameter count found in the paper; the "
+               "authors give 62M in Tang et al. CVPR 2022 Table S.3 and 62.1M in their BRATS21 README)",
     ),
     divisor=DIVISOR,
     test_kwargs={"feature_size": 12, "depths": (1, 1, 1, 1), "window_size": 4, "norm_name": "batch"},

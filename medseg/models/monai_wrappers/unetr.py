@@ -9,10 +9,13 @@ from layers 3, 6, 9 and 12 upsampled by deconvolution blocks, and a convolutiona
 This wrapper adds medseg's constructor contract and input checks.
 
 Paper configuration: 3D, 96x96x96 input, 1 input channel, 14 output channels (BTCV: 13 organs + background),
-``feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12``. The paper's model-complexity table gives 92.58M
-parameters; MONAI's implementation counts 92,784,046 at this configuration (+0.22%, within the 2% tolerance),
-after dropping the cross-attention LayerNorms MONAI's transformer blocks create but UNETR never uses (18,432
-parameters that would receive no gradient).
+``feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12``. The registry records the paper's model-complexity
+table (Table 5) as 92.58M parameters and 41.19 GFLOPs for a 96^3 input. We could not read the table itself; it is
+quoted, rounded, in Project-MONAI/model-zoo issue #164 ("in UNETR paper in Table 5, the authors mentioned that the
+number of params is 92.6M but the FLOPs are 41.19G, with the same input size of 96x96x96"). MONAI's implementation
+counts 92,784,046 at this configuration (+0.22% from 92.58M, within the 2% tolerance), after dropping the
+cross-attention LayerNorms MONAI's transformer blocks create but UNETR never uses (18,432 parameters that would
+receive no gradient).
 
 The input size is fixed at construction (``img_size``): the positional embedding has one entry per patch.
 """
@@ -54,7 +57,8 @@ def _require_einops(name: str) -> None:
         out_channels=14,
         kwargs={"img_size": 96, "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12},
         params=92_580_000,
-        source="WACV 2022, model-complexity table (UNETR: 92.58M parameters, 41.19 GFLOPs, 96^3 input)",
+        source="WACV 2022, Table 5 (model complexity; UNETR: 92.58M parameters, 41.19 GFLOPs, 96^3 input; quoted "
+               "as 92.6M in Project-MONAI/model-zoo#164)",
     ),
     divisor=PATCH,
     test_kwargs={

@@ -17,7 +17,9 @@ instance norm, and deconvolution/upsampling blocks that differ from the paper.
 Paper configuration (Table 1): 2D, channels 32..512, one input channel and one output channel (binary sigmoid
 output). Table 1 gives 9.04M parameters for UNet++ with and without deep supervision (and 7.76M for the U-Net with
 the same widths, 9.13M for the wide U-Net with 35..560). Our count for that configuration is 9,041,700 with
-deep supervision (four heads) and 9,041,601 without; our U-Net (``unet``) with 32..512 counts 7,759,521.
+deep supervision (four heads) and 9,041,601 without; our U-Net (``unet``) with 32..512 counts 7,759,521. We could not
+read Table 1 itself; the first author states the same figures in MrGiovanni/UNetPlusPlus issue #1 ("U-Net (7.76M)
+vs UNet++ (9.04M)", and 9.13M for the wide U-Net).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ __all__ = ["UNetPlusPlus"]
         out_channels=1,
         kwargs={"features": (32, 64, 128, 256, 512), "deep_supervision": True},
         params=9_040_000,
-        source="DLMIA 2018, Table 1 (UNet++ w/ deep supervision: 9.04M; w/o: 9.04M)",
+        source="DLMIA 2018, Table 1 (UNet++ w/ deep supervision: 9.04M; w/o: 9.04M), as the first author states in "
+               "MrGiovanni/UNetPlusPlus#1",
     ),
     divisor=16,
     deep_supervision=True,

@@ -20,7 +20,10 @@ work.
 Parameter figure: the paper gives the context module's size, not the whole network's: "the basic context module has
 64C^2 parameters" (without biases; checked by the model tests), none for the whole network, so ``params`` is
 ``None``. At ``in_channels=3, out_channels=21`` with the large module our count is 134,346,581 for the front-end and
-6,803,139 for the context module (141,149,720 in all).
+6,803,139 for the context module (141,149,720 in all), exactly the count of the authors' released VOC network
+(github.com/fyu/dilation, ``models/dilation8_pascal_voc_deploy.prototxt``, counted layer by layer). The "140.8" (M)
+listed for "Dilation10" in the HRNet-Semantic-Segmentation README is quoted there from another paper and is for
+the authors' Cityscapes model (Dilation10, 19 classes), not a figure of this paper.
 """
 
 from __future__ import annotations

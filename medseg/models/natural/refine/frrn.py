@@ -20,8 +20,11 @@ convolutions are followed by BN and have no bias. Layer details follow the autho
 (github.com/TobyPDE/FRRN, ``FRRNABuilder``/``FRRNBBuilder``: ``add_frru``, ``add_ru``), with Table 1's 48 base
 channels and 32 residual-stream channels (``lanes``).
 
-Parameter figure: we count 24,755,699 for FRRN B and 17,746,803 for FRRN A (19 classes); we could not verify a
-figure in the paper's text, so none is recorded (``params=None``). 2D only.
+Parameter figure: we count 24,755,699 for FRRN B and 17,746,803 for FRRN A (19 classes). Both equal, to the
+parameter, the networks of the authors' builders (``dltools/architectures.py``, ``FRRNABuilder``/``FRRNBBuilder``
+with ``base_channels=48, lanes=32, multiplier=2, num_classes=19`` as in their ``train_frrn_b.py``; counted layer by
+layer with a scale and a shift per BN channel). We could not read a parameter figure in the paper's text (its tables
+were not readable in any source available to us), so ``params`` is ``None``. 2D only.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ class FullResolutionResidualUnit(nn.Module):
     paper_year=2017,
     paper=PaperConfig(
         spatial_dims=2, in_channels=3, out_channels=19, kwargs={"model": "B"}, params=None,
-        source="CVPR 2017, Table 1 (FRRN B on Cityscapes, 19 classes); no parameter count verified",
+        source="CVPR 2017, Table 1 (FRRN B on Cityscapes, 19 classes); no parameter figure could be read in the "
+               "paper (our count equals the authors' FRRNBBuilder: 24,755,699)",
     ),
     divisor=32,
     test_kwargs={"model": "A", "width": 0.125, "residual_channels": 8},
