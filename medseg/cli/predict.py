@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         stitch_device: str = typer.Option("auto", "--stitch-device",
                                           help="Where the stitched volume lives: auto (device when it fits), cpu "
                                                "or cuda."),
-        fmt: str = typer.Option("nifti", "--format", help="nifti, nrrd or dicom-seg (DICOM input)."),
+        fmt: str = typer.Option("nifti", "--format", help="nifti, nrrd, png (2D pictures) or dicom-seg (DICOM input)."),
         save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                                 help="Also write CASE_probabilities.npz (float16, native grid)."),
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component of each class."),
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         _choice(device, ("auto", "cpu", "cuda"), "--device")
         _choice(precision, ("auto", "fp32", "fp16", "bf16"), "--precision")
         _choice(stitch_device, ("auto", "cpu", "cuda"), "--stitch-device")
-        _choice(fmt, ("nifti", "nrrd", "dicom-seg"), "--format")
+        _choice(fmt, ("nifti", "nrrd", "png", "dicom-seg"), "--format")
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
         fold_list = _folds(folds)

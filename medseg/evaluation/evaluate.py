@@ -38,7 +38,7 @@ from medseg.evaluation.metrics import (
 )
 
 #: File endings paired as images (``.nii.gz`` counts as one ending).
-CASE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+CASE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".bmp")
 #: What to do with references that have no prediction.
 Missing = Literal["error", "empty", "skip"]
 #: Confusion-count keys, as nnU-Net names them.

@@ -22,7 +22,7 @@ import numpy as np
 from medseg.errors import InferenceError
 
 #: Output format → file ending.
-FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom-seg": ".dcm"}
+FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "png": ".png", "dicom-seg": ".dcm"}
 #: Label value → name of the outputs (``{"1": "liver", …}``), written beside them; ``medseg volumes`` reads it.
 LABELS_FILE = "labels.json"
 

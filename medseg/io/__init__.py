@@ -3,6 +3,7 @@
 from medseg.io.dicom import SeriesInfo, read_dicom_series, scan_dicom
 from medseg.io.geometry import Geometry, as_geometry, grid_differences, orientation_code
 from medseg.io.image import (
+    READ_SUFFIXES,
     WRITE_SUFFIXES,
     check_finite,
     image_format,
@@ -14,6 +15,7 @@ from medseg.io.image import (
 )
 
 __all__ = [
+    "READ_SUFFIXES",
     "WRITE_SUFFIXES",
     "Geometry",
     "SeriesInfo",

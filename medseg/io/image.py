@@ -38,7 +38,12 @@ from medseg.io.geometry import LPS_TO_RAS, affine_from_geometry, geometry_from_a
 #: File endings read and written by each backend (DICOM series are folders).
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-WRITE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+#: 2D pictures (read and written through SimpleITK) that hold label maps losslessly.
+PICTURE_WRITE_SUFFIXES = (".png", ".tif", ".tiff")
+#: 2D pictures read only (JPEG is lossy: never written as a label map).
+PICTURE_SUFFIXES = (*PICTURE_WRITE_SUFFIXES, ".jpg", ".jpeg", ".bmp")
+WRITE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + PICTURE_WRITE_SUFFIXES
+READ_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + PICTURE_SUFFIXES
 
 # dtypes torch cannot compute with, widened losslessly on load.
 _WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.bool_): np.uint8}
@@ -47,14 +52,14 @@ _WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype
 def image_suffix(path: str | Path) -> str:
     """The lower-case image ending of ``path`` (``.nii.gz`` counts as one ending), or ``""`` when unknown."""
     name = str(path).lower()
-    for suffix in WRITE_SUFFIXES:
+    for suffix in READ_SUFFIXES:
         if name.endswith(suffix):
             return suffix
     return ""
 
 
 def image_format(path: str | Path) -> str:
-    """Name of the format of ``path``: ``nifti``, ``nrrd``, ``mha``, ``mhd`` or ``dicom`` (a folder)."""
+    """Name of the format of ``path``: ``nifti``, ``nrrd``, ``mha``, ``mhd``, ``picture`` or ``dicom`` (a folder)."""
     path = Path(path)
     if path.is_dir():
         return "dicom"
@@ -65,6 +70,8 @@ def image_format(path: str | Path) -> str:
         return "nrrd"
     if suffix in (".mha", ".mhd"):
         return suffix[1:]
+    if suffix in PICTURE_SUFFIXES:
+        return "picture"
     if suffix == "" and path.suffix.lower() in (".dcm", ".ima", ""):
         return "dicom"
     return ""
@@ -144,8 +151,10 @@ def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor
         return _read_nifti(path)
     if fmt in ("nrrd", "mha", "mhd"):
         return _read_itk(path, fmt)
+    if fmt == "picture":
+        return _read_picture(path)
     raise ImageReadError(
-        f"unsupported file type '{path.suffix}' (supported: {', '.join(WRITE_SUFFIXES)}, or a DICOM series folder)",
+        f"unsupported file type '{path.suffix}' (supported: {', '.join(READ_SUFFIXES)}, or a DICOM series folder)",
         path,
     )
 
@@ -246,6 +255,33 @@ def _read_itk(path: Path, fmt: str) -> MetaTensor:
     return make_image(array, _itk_to_ras_affine(image), meta)
 
 
+def _read_picture(path: Path) -> MetaTensor:
+    """A 2D picture as one slice: ``(C, X, Y, 1)``, colour components as channels, z spacing 1 mm.
+
+    Pixel spacing and origin are the file's (1 and 0 unless it records them); as for NRRD, the picture's LPS-style
+    frame is converted to RAS, so writing the slice back to a picture reproduces the file.
+    """
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except Exception as exc:
+        raise ImageReadError(f"not a readable picture: {_itk_message(exc)}", path) from exc
+    if image.GetDimension() != 2:
+        return _read_itk(path, "picture")  # a multi-page TIFF: a 3D stack
+    array = sitk.GetArrayFromImage(image)  # (y, x[, c])
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    array = np.moveaxis(array, -1, 0) if ncomp > 1 else array[None]  # (c, y, x)
+    if ncomp == 4 and array.dtype.kind == "u" and np.all(array[3] == np.iinfo(array.dtype).max):
+        array = array[:3]  # a fully opaque alpha channel carries nothing
+    array = np.swapaxes(array, 1, 2)[..., None]  # (c, x, y, 1)
+    direction = np.eye(3)
+    direction[:2, :2] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(2, 2)
+    affine = LPS_TO_RAS @ affine_from_geometry((*image.GetSpacing(), 1.0), (*image.GetOrigin(), 0.0), direction)
+    meta = {"filename_or_obj": str(path), "format": "picture"}
+    return make_image(array, affine, meta)
+
+
 def _itk_message(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     useful = [line for line in lines if "Description:" in line or "ERROR" in line.upper()]
@@ -300,7 +336,9 @@ def save_image(
     Args:
         image: ``(C, *spatial)`` ``MetaTensor`` (its ``affine`` is used) or array. ``C > 1`` is written as the 4th
             NIfTI axis or as vector components.
-        path: Output file; its ending picks the format: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``.
+        path: Output file; its ending picks the format: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``,
+            or a picture (``.png``, ``.tif``, ``.tiff``) for one slice ``(C, X, Y, 1)`` of integers (PNG: 8 or 16
+            bit, 1, 3 or 4 channels).
         affine: RAS+ affine, required for plain arrays; overrides the ``MetaTensor``'s own.
 
     Returns:
@@ -311,7 +349,7 @@ def save_image(
     """
     path = Path(path)
     suffix = image_suffix(path)
-    if suffix == "":
+    if suffix not in WRITE_SUFFIXES:
         raise ImageWriteError(f"unknown output format (use one of {', '.join(WRITE_SUFFIXES)})", path)
     meta = getattr(image, "meta", {}) or {}
     if affine is None:
@@ -330,6 +368,8 @@ def save_image(
         target = tmpdir / path.name
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(array, affine, target)
+        elif suffix in PICTURE_WRITE_SUFFIXES:
+            _write_picture(array, affine, target, path)
         else:
             _write_itk(array, affine, target, path)
         written = sorted(tmpdir.iterdir(), key=lambda p: p == target)  # data files first, the named file last
@@ -350,6 +390,46 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, target: Path) -> None:
     img.header.set_xyzt_units("mm", "sec")
     img.set_data_dtype(data.dtype)
     nib.save(img, str(target))
+
+
+def _write_picture(array: np.ndarray, affine: np.ndarray, target: Path, path: Path) -> None:
+    """One slice ``(C, X, Y, 1)`` as a 2D picture (see :func:`_read_picture` for the geometry)."""
+    if array.ndim != 4 or array.shape[3] != 1:
+        raise ImageWriteError(f"a picture holds one slice (C, X, Y, 1), not an image of shape {array.shape}", path)
+    if array.dtype.kind == "f" or array.dtype.kind == "b":
+        rounded = np.rint(array)
+        if array.dtype.kind == "f" and not np.array_equal(rounded, array):
+            raise ImageWriteError("a picture stores integers; this image holds fractional values", path)
+        array = rounded.astype(np.int64)
+    if array.size and (array.min() < 0 or array.max() > 65535):
+        raise ImageWriteError(f"a picture stores 0…65535, not {array.min()}…{array.max()}", path)
+    wide = array.size > 0 and array.max() > 255
+    if wide and array.shape[0] != 1:
+        raise ImageWriteError("values above 255 are written to one-channel (16-bit) pictures only", path)
+    array = array.astype(np.uint16 if wide else np.uint8)
+    slice_array = _write_itk_prepare(array[..., 0], affine, path)
+    import SimpleITK as sitk
+
+    try:
+        sitk.WriteImage(slice_array, str(target))
+    except Exception as exc:
+        raise ImageWriteError(f"cannot write: {_itk_message(exc)}", path) from exc
+
+
+def _write_itk_prepare(array: np.ndarray, affine: np.ndarray, path: Path) -> Any:
+    """A SimpleITK 2D image of ``(C, X, Y)`` with the in-plane spacing and origin of ``affine`` (RAS)."""
+    import SimpleITK as sitk
+
+    lps = LPS_TO_RAS @ affine
+    spacing = np.linalg.norm(lps[:3, :2], axis=0)
+    yx = np.swapaxes(array, 1, 2)  # (c, y, x)
+    if array.shape[0] == 1:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(yx[0]))
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(yx, 0, -1)), isVector=True)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in lps[:2, 3]))
+    return image
 
 
 def _write_itk(array: np.ndarray, affine: np.ndarray, target: Path, path: Path) -> None:

@@ -40,6 +40,9 @@ class SegmentationModel(nn.Module):
         self.out_channels = out_channels
         self.input_divisor: tuple[int, ...] = (1,) * spatial_dims
         self.deep_supervision_scales: list[tuple[int, ...]] = []
+        #: Loss weight of each training-mode output (main first) where the paper states them, e.g. PSPNet's
+        #: auxiliary head ``(1.0, 0.4)``; empty: the trainer uses nnU-Net's deep-supervision weights.
+        self.loss_weights: tuple[float, ...] = ()
 
     @property
     def model_name(self) -> str:

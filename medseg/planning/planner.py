@@ -381,8 +381,18 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
     return target
 
 
-def transpose_for(spacing: Sequence[float]) -> tuple[list[int], list[int]]:
-    """``transpose_forward`` (coarsest axis first, the others in order) and its inverse ``transpose_backward``."""
+def transpose_for(spacing: Sequence[float], shapes: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+    """``transpose_forward`` (coarsest axis first, the others in order) and its inverse ``transpose_backward``.
+
+    An axis along which every case is a single slice (2D pictures loaded as ``(C, X, Y, 1)``) goes first whatever
+    its spacing, as nnU-Net's fake 999 mm spacing of 2D images puts it: the ``2d`` configuration then runs in the
+    plane of the pictures.
+    """
+    if shapes is not None and len(shapes):
+        flat = [a for a in range(len(spacing)) if np.all(np.asarray(shapes)[:, a] == 1)]
+        if flat:
+            forward = [flat[0]] + [a for a in range(len(spacing)) if a != flat[0]]
+            return forward, [forward.index(a) for a in range(len(spacing))]
     worst = int(np.argmax(np.asarray(spacing)))
     forward = [worst] + [a for a in range(len(spacing)) if a != worst]
     backward = [forward.index(a) for a in range(len(spacing))]
@@ -652,7 +662,7 @@ def plan_experiment(
     num_classes = len(fingerprint["labels"])
 
     fullres_spacing = target_spacing(spacings, shapes)
-    forward, backward = transpose_for(fullres_spacing)
+    forward, backward = transpose_for(fullres_spacing, shapes)
     spacing_t = fullres_spacing[forward]
     new_shapes = [resampled_shape(c["shape_after_crop"], c["spacing"], fullres_spacing) for c in cases]
     median_t = np.median(np.asarray(new_shapes, dtype=np.float64), axis=0)[forward]

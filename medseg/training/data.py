@@ -15,6 +15,12 @@ there (clipped to the lower bound); otherwise the patch corner is uniform over t
 within the image padded by half the difference between the initial and the final patch. Out-of-image parts are
 filled with 0 (image) and -1 (labels), and -1 becomes background (0) after augmentation.
 
+2D configurations (nnU-Net's ``2d``: a 2D network on slices of the preprocessed volume, whose first axis is the
+out-of-plane one) sample a one-slice 3D patch ``(1, H, W)`` by the same rules — the slice is uniform, or the slice of
+the chosen foreground voxel — and drop the slice axis before the 2D augmentation. (nnU-Net's 2D loader first draws a
+slice among those holding the class, then a voxel in it; drawing the voxel directly weights slices by their
+foreground, a difference that matters only for the forced third of each batch.)
+
 The :class:`BatchDataset` is map-style: index ``epoch · iterations + i`` is batch ``i`` of ``epoch``; the
 :class:`EpochSampler` yields the indices of the current epoch, so ``torch.utils.data.DataLoader`` workers can stay
 alive across epochs (``persistent_workers``).
@@ -137,6 +143,9 @@ class BatchDataset(torch.utils.data.Dataset):
         else:
             self.initial_patch = list(self.patch_size)
         self.need_to_pad = [i - p for i, p in zip(self.initial_patch, self.patch_size, strict=True)]
+        self.slices = len(self.patch_size) == 2  # 2D patches are one-slice crops of the 3D volumes
+        if self.slices:
+            self.initial_patch, self.need_to_pad = [1, *self.initial_patch], [0, *self.need_to_pad]
         self._cases: dict[str, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -158,6 +167,8 @@ class BatchDataset(torch.utils.data.Dataset):
         lower = bbox_for(case["data"].shape[1:], self.initial_patch, self.need_to_pad, case["locations"], force, rng)
         image = torch.from_numpy(crop_padded(case["data"], lower, self.initial_patch, 0.0))
         seg = torch.from_numpy(crop_padded(case["seg"], lower, self.initial_patch, -1))
+        if self.slices:
+            image, seg = image[:, 0], seg[:, 0]
         image, seg = self.augmenter(image, seg, rng)
         seg = torch.where(seg < 0, torch.zeros_like(seg), seg)
         return image, seg, case_id

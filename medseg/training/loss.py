@@ -1,7 +1,8 @@
 """Segmentation losses and nnU-Net's deep-supervision weighting (Isensee et al., Nature Methods 2021).
 
 - ``dice_ce`` (default): nnU-Net v2's ``DC_and_CE_loss``: cross-entropy + soft Dice, the Dice computed on the
-  softmax without the background class, over the batch when ``batch_dice`` (``MemoryEfficientSoftDiceLoss``:
+  softmax without the background class, over the batch when ``batch_dice`` — the global batch under DDP, its sums
+  gathered from every process as nnU-Net does — (``MemoryEfficientSoftDiceLoss``:
   ``(2·tp + 1e-5) / max(2·tp + fp + fn + 1e-5, 1e-8)``), entering as ``-dice`` (so the loss is negative, as nnU-Net
   logs it). This equals MONAI's ``DiceCELoss(include_background=False, smooth_nr=smooth_dr=1e-5) - 1``.
 - ``dice_focal``: MONAI ``DiceLoss`` + ``FocalLoss`` on the softmax (γ = 2), both without the background (MONAI's
@@ -11,7 +12,9 @@
   ``TI = (tp + s) / (tp + 0.7·fn + 0.3·fp + s)`` over the foreground classes.
 
 Deep supervision (nnU-Net's ``_build_loss``): outputs highest resolution first get weights ``1/2^i``; the lowest
-resolution gets 0; the weights are normalised to sum to 1. Targets are downsampled to each output's shape with
+resolution gets 0; the weights are normalised to sum to 1. A model whose paper weights its extra outputs otherwise
+declares them (``loss_weights``: PSPNet, PSANet, CCNet and CPNet weight their auxiliary head 0.4, DANet sums its three
+heads) and those weights are used as given. Targets are downsampled to each output's shape with
 nearest neighbour (nnU-Net's ``DownsampleSegForDSTransform``).
 """
 
@@ -31,6 +34,21 @@ def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     shape = (target.shape[0], num_classes, *target.shape[2:])
     out = torch.zeros(shape, device=target.device, dtype=torch.float32)
     return out.scatter_(1, target.long().clamp(0, num_classes - 1), 1.0)
+
+
+def _sum_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """Sum over the DDP processes, differentiably (nnU-Net's ``AllGatherGrad`` for batch Dice); as is without DDP.
+
+    The backward pass sums every process's gradient, and DDP then averages over the processes, so each process's
+    predictions get exactly the gradient of the Dice of the whole global batch.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(values)
 
 
 class SoftDiceLoss(nn.Module):
@@ -57,6 +75,7 @@ class SoftDiceLoss(nn.Module):
         sum_pred, sum_gt = probs.sum(axes), y.sum(axes)
         if self.batch_dice:
             intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+            intersect, sum_pred, sum_gt = _sum_over_processes(torch.stack([intersect, sum_pred, sum_gt]))
         dice = (2 * intersect + self.smooth) / torch.clamp(sum_gt + sum_pred + self.smooth, min=1e-8)
         return -dice.mean()
 
@@ -165,17 +184,27 @@ def downsample_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tenso
 
 
 class DeepSupervisionLoss(nn.Module):
-    """Weighted sum of ``loss`` over the outputs (highest resolution first); a tensor input is one output."""
+    """Weighted sum of ``loss`` over the outputs (highest resolution first); a tensor input is one output.
 
-    def __init__(self, loss: nn.Module) -> None:
+    Args:
+        loss: The loss of one output.
+        weights: The weight of each output as a model declares them (``SegmentationModel.loss_weights``, e.g.
+            PSPNet's auxiliary head ``(1.0, 0.4)``), used as given; ``None`` or empty: nnU-Net's
+            :func:`deep_supervision_weights`.
+    """
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.loss = loss
+        self.weights = [float(w) for w in weights] if weights else None
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Weighted loss; zero-weight outputs stay in the graph (multiplied by 0) so DDP sees every parameter."""
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, target)
-        weights = deep_supervision_weights(len(outputs))
+        weights = self.weights if self.weights is not None else deep_supervision_weights(len(outputs))
+        if len(weights) != len(outputs):
+            raise ValueError(f"{len(outputs)} outputs but {len(weights)} loss weights")
         total = outputs[0].new_zeros((), dtype=torch.float32)
         for weight, output in zip(weights, outputs, strict=True):
             total = total + weight * self.loss(output, downsample_target(target, output.shape[2:]))

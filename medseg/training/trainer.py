@@ -153,10 +153,13 @@ class FoldTrainer:
         self.splits, self.cache_folder, self.info, self.device = splits, cache_folder, info, device
         self.stream = stream
         self.cfg = configuration_of(plans, configuration)
-        if int(self.cfg["spatial_dims"]) != 3:
-            raise TrainingError(f"configuration {configuration!r} is 2D; medseg trains 3D configurations only")
         self.num_classes = int(self.cfg["model"]["out_channels"])
         self.patch = [int(p) for p in (config.patch_size or self.cfg["patch_size"])]
+        if len(self.patch) != int(self.cfg["spatial_dims"]):
+            dims, planned = self.cfg["spatial_dims"], self.cfg["patch_size"]
+            raise TrainingError(f"patch size {self.patch} (from the config or preset) does not fit the {dims}D "
+                                f"configuration {configuration!r}: set one with {dims} entries, e.g. "
+                                f"--set \"patch_size={planned}\"")
         self.global_batch = int(config.batch_size or self.cfg["batch_size"])
         if self.global_batch < info.world_size:
             raise TrainingError(f"batch size {self.global_batch} is smaller than the {info.world_size} processes")
@@ -181,7 +184,8 @@ class FoldTrainer:
                 weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice))
+        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice),
+                                        getattr(self.model, "loss_weights", None) or None)
         self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda" and config.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -462,11 +466,16 @@ class FoldTrainer:
         """Label map of a preprocessed case ``(C, *spatial)`` by gaussian sliding window (and mirroring TTA)."""
         from monai.inferers import sliding_window_inference
 
-        model = self.model
+        model: nn.Module = self.model
         model.eval()
+        patch, in_plane = list(self.patch), list(range(len(self.patch)))
+        if len(self.patch) == 2:  # the 2d configuration predicts slice by slice (one-slice windows)
+            from medseg.models.adapters import SliceWise
+
+            model, patch, in_plane = SliceWise(model), [1, *self.patch], [1, 2]
         image = torch.from_numpy(np.ascontiguousarray(data))[None].to(self.device)
         spatial = image.shape[2:]
-        pad = [max(p - s, 0) for p, s in zip(self.patch, spatial, strict=True)]
+        pad = [max(p - s, 0) for p, s in zip(patch, spatial, strict=True)]
         if any(pad):
             flat = []
             for p in reversed(pad):
@@ -478,14 +487,14 @@ class FoldTrainer:
                 out = model(x)
             return out.float()
 
-        dims = len(self.patch)
-        flips = [()]
+        flips: list[tuple[int, ...]] = [()]
         if self.config.val_mirroring:
-            flips = [tuple(a + 2 for a in range(dims) if mask >> a & 1) for mask in range(2 ** dims)]
+            flips = [tuple(a + 2 for i, a in enumerate(in_plane) if mask >> i & 1)
+                     for mask in range(2 ** len(in_plane))]
         probs = torch.zeros((1, self.num_classes, *image.shape[2:]), device=self.device)
         for axes in flips:
             x = torch.flip(image, axes) if axes else image
-            logits = sliding_window_inference(x, self.patch, self.config.sw_batch_size, predictor,
+            logits = sliding_window_inference(x, patch, self.config.sw_batch_size, predictor,
                                               overlap=self.config.sw_overlap, mode="gaussian", sigma_scale=0.125)
             p = torch.softmax(torch.as_tensor(logits).float(), 1)
             probs += torch.flip(p, axes) if axes else p

@@ -225,9 +225,12 @@ def test_truncated_nifti(tmp_path: Path, mni_t1_path: Path) -> None:
 def test_missing_and_unsupported(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="no such file or folder"):
         load_image(tmp_path / "nothing.nii.gz")
-    (tmp_path / "image.png").write_bytes(b"\x89PNG")
-    with pytest.raises(ImageReadError, match="unsupported file type '.png'"):
+    (tmp_path / "image.gif").write_bytes(b"GIF89a")
+    with pytest.raises(ImageReadError, match="unsupported file type '.gif'"):
+        load_image(tmp_path / "image.gif")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")  # a truncated picture
+    with pytest.raises(ImageReadError, match="image.png: not a readable picture"):
         load_image(tmp_path / "image.png")
     with pytest.raises(ImageWriteError, match="unknown output format"):
-        save_image(make_image(np.zeros((1, 2, 2, 2)), np.eye(4)), tmp_path / "out.png")
+        save_image(make_image(np.zeros((1, 2, 2, 2)), np.eye(4)), tmp_path / "out.gif")
     assert image_format(tmp_path) == "dicom" and image_format("x.nii.gz") == "nifti" and image_format("a.mhd") == "mhd"

@@ -83,6 +83,7 @@ def test_deep_supervision(name: str, dims: int) -> None:
     assert isinstance(outs, (list, tuple))
     scales = model.deep_supervision_scales
     assert len(outs) == len(scales) >= 2
+    assert not model.loss_weights or len(model.loss_weights) == len(outs), "one loss weight per training output"
     assert scales[0] == (1,) * dims, "the first output is the full-resolution one"
     for out, scale in zip(outs, scales, strict=True):
         assert out.shape == (BATCH, OUT_CHANNELS, *(s // f for s, f in zip(x.shape[2:], scale, strict=True)))

@@ -66,3 +66,23 @@ def test_deep_supervision_loss_downsamples_targets(toy: tuple[torch.Tensor, torc
     w = deep_supervision_weights(3)
     expected = w[0] * base(full, target) + w[1] * base(half, target[:, :, ::2, ::2, ::2])
     torch.testing.assert_close(loss, expected)
+
+
+def test_model_declared_loss_weights_are_used_as_given() -> None:
+    from medseg.training.loss import DeepSupervisionLoss
+
+    torch.manual_seed(0)
+    main, aux = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    ce = torch.nn.CrossEntropyLoss()
+
+    class _CE(torch.nn.Module):
+        def forward(self, logits, t):
+            return ce(logits, t[:, 0])
+
+    weighted = DeepSupervisionLoss(_CE(), (1.0, 0.4))([main, aux], target)
+    torch.testing.assert_close(weighted, ce(main, target[:, 0]) + 0.4 * ce(aux, target[:, 0]))
+    nnunet = DeepSupervisionLoss(_CE())([main, aux], target)  # nnU-Net's weights: the last output gets 0
+    torch.testing.assert_close(nnunet, ce(main, target[:, 0]))
+    with pytest.raises(ValueError, match="3 outputs but 2 loss weights"):
+        DeepSupervisionLoss(_CE(), (1.0, 0.4))([main, aux, aux], target)

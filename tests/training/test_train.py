@@ -138,8 +138,12 @@ def test_kill_and_resume_equals_uninterrupted(mni_dataset: dict[str, Any], tmp_p
 @pytest.mark.slow
 def test_ddp_two_processes_average_gradients(mni_dataset: dict[str, Any], tmp_path: Path,
                                              tiny_settings: list[str]) -> None:
-    """torchrun with 2 gloo processes (batch 1 each) takes the same step as one process on the batch of 2."""
-    settings = [*tiny_settings, "cache_dir=" + str(tmp_path / "cache"), "batch_size=2", "batch_dice=false",
+    """torchrun with 2 gloo processes (batch 1 each) takes the same step as one process on the batch of 2.
+
+    With batch Dice on, so the Dice term must be the global batch's (sums gathered over the processes) for the two
+    steps to agree.
+    """
+    settings = [*tiny_settings, "cache_dir=" + str(tmp_path / "cache"), "batch_size=2", "batch_dice=true",
                 "augmentation.enabled=true"]
     done = _cli(["preprocess", str(mni_dataset["plans"]), "--manifest", str(mni_dataset["manifest"]), "--out",
                  str(tmp_path / "cache")])

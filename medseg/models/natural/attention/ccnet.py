@@ -129,6 +129,7 @@ class CCNet(SegmentationModel):
         self.aux = SegHead(spatial_dims, chs[-2], head_channels, out_channels) if deep_supervision else None
         if deep_supervision:
             self.deep_supervision_scales = [(1,) * spatial_dims] * 2
+            self.loss_weights = (1.0, 0.4)  # the auxiliary FCN head's weight in the paper
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x`` of shape ``(B, in_channels, *spatial)``."""

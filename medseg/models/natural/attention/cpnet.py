@@ -222,6 +222,7 @@ class CPNet(SegmentationModel):
         self.aux = SegHead(2, chs[-2], head_channels // 2, out_channels) if deep_supervision else None
         if deep_supervision:
             self.deep_supervision_scales = [(1, 1)] * 2
+            self.loss_weights = (1.0, 0.4)  # the auxiliary FCN head's weight in the paper
 
     def forward(self, x: torch.Tensor) -> Any:
         """Segment ``x`` of shape ``(B, in_channels, H, W)``."""

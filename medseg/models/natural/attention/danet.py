@@ -136,6 +136,7 @@ class DANet(SegmentationModel):
         self.deep_supervision = deep_supervision
         if deep_supervision:
             self.deep_supervision_scales = [(1,) * spatial_dims] * 3
+            self.loss_weights = (1.0, 1.0, 1.0)  # SegmentationMultiLosses: fused and both branch losses, summed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x`` of shape ``(B, in_channels, *spatial)``."""

@@ -16,8 +16,9 @@ the class scores, bilinearly upsampled to the input.
 
 Auxiliary loss (Section 3.3, Fig. 4): a second classifier on ``res4`` (``res4b22``: 3x3 convolution with 256
 channels, BN, ReLU, dropout 0.1, 1x1 convolution) trained with weight 0.4. With ``deep_supervision=True`` the model
-returns ``[main, aux]`` in training mode, both at the input resolution (``deep_supervision_scales`` = ``[1, 1]``); the
-pipeline weights them (paper: 1 and 0.4). In evaluation mode, or without the option (no auxiliary head is built), it
+returns ``[main, aux]`` in training mode, both at the input resolution (``deep_supervision_scales`` = ``[1, 1]``),
+and declares the paper's loss weights ``loss_weights = (1.0, 0.4)``, which the trainer applies. In evaluation mode,
+or without the option (no auxiliary head is built), it
 returns the main scores only. Our bottleneck strides its 3x3 convolution (torchvision), which changes no parameter.
 
 Parameter figure: the paper gives none; ``params`` is ``None``. We count 68,073,706 at the paper's VOC configuration
@@ -154,6 +155,7 @@ class PSPNet(SegmentationModel):
         if deep_supervision:
             self.aux = _Classifier(spatial_dims, bb.out_channels[-2], aux_channels, out_channels, dropout)
             self.deep_supervision_scales = [(1,) * spatial_dims, (1,) * spatial_dims]
+            self.loss_weights = (1.0, 0.4)  # Section 3.3: "we set the weight of auxiliary loss to 0.4"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x`` of shape ``(B, in_channels, *spatial)``."""

@@ -165,6 +165,7 @@ class OCRNet(SegmentationModel):
         self.classifier = make_conv(spatial_dims, ocr_channels, out_channels, 1, bias=True)
         self.deep_supervision = deep_supervision
         self.deep_supervision_scales = [(1,) * spatial_dims] * 2 if deep_supervision else []
+        self.loss_weights = (1.0, 0.4) if deep_supervision else ()  # the soft object regions' loss weight 0.4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits ``(B, out_channels, H, W)``; ``[main, soft_object_regions]`` in training with deep supervision."""
