@@ -114,31 +114,38 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = list_models() if args.all else list_models(args.family)
 
-    results = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(results: list[dict[str, Any]]) -> None:  # after every model: a run killed by the OS keeps the rest
+        report = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_type": device.type,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "size": args.size,
+            "size3d": args.size3d,
+            "batch": args.batch,
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "flops_note": "FlopCounterMode total of one forward pass per image; a multiply-add counts 2 FLOPs",
+            "complete": len(results) == len(names),
+            "results": results,
+        }
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out)
+
+    results: list[dict[str, Any]] = []
     for name in names:
         entry = benchmark_model(name, args.size, args.size3d, device, args.batch, args.warmup, args.iters)
         results.append(entry)
+        write(results)
         if "error" in entry:
             print(f"{name:>20s}: ERROR {entry['error']}", flush=True)
         else:
             print(f"{name:>20s}: {entry['params'] / 1e6:8.2f} M params  {entry['gflops']:9.1f} GFLOPs  "
                   f"{entry['images_per_second']:8.3f} img/s  input {entry['input_size']}", flush=True)
-    report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "size": args.size,
-        "size3d": args.size3d,
-        "batch": args.batch,
-        "warmup": args.warmup,
-        "iters": args.iters,
-        "flops_note": "FlopCounterMode total of one forward pass per image; a multiply-add counts 2 FLOPs",
-        "results": results,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 1 if any("error" in r for r in results) else 0
 

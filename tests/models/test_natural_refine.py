@@ -216,3 +216,16 @@ def test_ocrnet_head_equals_the_authors_code() -> None:
     model = _meta("ocrnet", 2, 3, 19)
     assert count_parameters(model) - count_parameters(model.backbone) == head == 5_047_558
     assert count_parameters(model) == 70_372_678
+
+
+def test_pixelnet_dense_forward_in_bands_equals_the_whole_image() -> None:
+    """Evaluation builds hypercolumns band by band (bounded memory) with the values of full upsampling."""
+    from medseg.models import create_model
+
+    model = create_model("pixelnet", 2, 3, 5, fc_channels=64, mlp_channels=32).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        whole = model(x)
+        model.chunk_pixels = 1000  # 10 rows per band, the last band shorter
+        banded = model(x)
+    torch.testing.assert_close(banded, whole, atol=1e-5, rtol=1e-5)

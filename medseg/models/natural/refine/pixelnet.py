@@ -119,11 +119,34 @@ class PixelNet(SegmentationModel):
         maps.append(self.fc(x))
         return maps
 
+    #: Pixels whose hypercolumns are built at once by the dense evaluation-mode forward (memory: about
+    #: ``chunk_pixels`` × 5,568 channels × 4 bytes ≈ 0.7 GB, instead of 12 GB for a whole 512×1024 image).
+    chunk_pixels: int = 32768
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense logits ``(B, out_channels, H, W)``: the MLP as 1x1 convolutions on the upsampled hypercolumns."""
+        """Dense logits ``(B, out_channels, H, W)``: the MLP as 1x1 convolutions on the upsampled hypercolumns.
+
+        In training mode the hypercolumns of the whole input are built at once (the paper trains on sampled pixels,
+        :meth:`forward_sampled`, or small crops). In evaluation mode they are built band of rows by band of rows by
+        sampling each map at the pixel centres (``grid_sample``, bilinear, border: the same values as bilinear
+        upsampling with ``align_corners=False``), so memory stays bounded by :attr:`chunk_pixels`.
+        """
         size = x.shape[2:]
-        hyper = torch.cat([upsample_to(m, size) for m in self.feature_maps(x)], dim=1)
-        return self.mlp(hyper)
+        maps = self.feature_maps(x)
+        height, width = int(size[0]), int(size[1])
+        if self.training or height * width <= self.chunk_pixels:
+            return self.mlp(torch.cat([upsample_to(m, size) for m in maps], dim=1))
+        rows = max(1, self.chunk_pixels // width)
+        cols = (torch.arange(width, device=x.device, dtype=torch.float32) + 0.5) / width * 2 - 1
+        bands = []
+        for top in range(0, height, rows):
+            r = (torch.arange(top, min(top + rows, height), device=x.device, dtype=torch.float32) + 0.5) / height
+            gy, gx = torch.meshgrid(r * 2 - 1, cols, indexing="ij")
+            grid = torch.stack([gx, gy], dim=-1).unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+            hyper = torch.cat([nn.functional.grid_sample(m, grid.to(m.dtype), mode="bilinear", padding_mode="border",
+                                                         align_corners=False) for m in maps], dim=1)
+            bands.append(self.mlp(hyper))
+        return torch.cat(bands, dim=2)
 
     def forward_sampled(self, x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Logits at sampled pixels (the paper's sparse training): ``points`` ``(B, N, 2)`` as (row, col) in pixels.
