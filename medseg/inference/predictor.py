@@ -48,18 +48,9 @@ def build_network(plans_cfg: Mapping[str, Any], model: str | None = None,
     Returns:
         The model, freshly initialised.
     """
-    from medseg.models import create_model, get_model_info
+    from medseg.models import create_model_from_plans
 
-    entry = plans_cfg["model"]
-    name = model or entry["name"]
-    info = get_model_info(name)
-    accepted = set(info.accepted_kwargs())
-    kwargs = {k: v for k, v in entry.get("kwargs", {}).items() if k in accepted}
-    kwargs.update(dict(model_kwargs or {}))
-    if "deep_supervision" in accepted:
-        kwargs["deep_supervision"] = bool(deep_supervision and info.deep_supervision)
-    return create_model(name, int(entry["spatial_dims"]), int(entry["in_channels"]), int(entry["out_channels"]),
-                        **kwargs)
+    return create_model_from_plans(plans_cfg["model"], model, model_kwargs, deep_supervision)
 
 
 @dataclass

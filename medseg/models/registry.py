@@ -222,6 +222,38 @@ def create_model(name: str, spatial_dims: int, in_channels: int, out_channels: i
     return info.cls(spatial_dims, in_channels, out_channels, **kwargs)
 
 
+def create_model_from_plans(
+    entry: Mapping[str, Any],
+    name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    deep_supervision: bool = True,
+) -> nn.Module:
+    """Build the network a plans configuration describes: the one function training and inference share.
+
+    Args:
+        entry: The configuration's ``model`` entry: ``name``, ``spatial_dims``, ``in_channels``, ``out_channels``,
+            ``kwargs`` (plain data).
+        name: Another registry model instead of ``entry["name"]``; it takes the planned options it accepts.
+        overrides: Keyword options replacing the planned ones (``model_kwargs`` of a training config).
+        deep_supervision: Whether deep-supervision heads are wanted (built only when the model supports them).
+
+    Returns:
+        The model, freshly initialised.
+
+    Raises:
+        ModelError: Unknown model, unsupported dims or options.
+    """
+    name = name or str(entry["name"])
+    info = get_model_info(name)
+    accepted = set(info.accepted_kwargs())
+    kwargs = {k: v for k, v in dict(entry.get("kwargs") or {}).items() if k in accepted}
+    kwargs.update(dict(overrides or {}))
+    if "deep_supervision" in accepted:
+        kwargs["deep_supervision"] = bool(deep_supervision and info.deep_supervision)
+    return create_model(name, int(entry["spatial_dims"]), int(entry["in_channels"]), int(entry["out_channels"]),
+                        **kwargs)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters of ``model`` (``sum(p.numel() for p in model.parameters())``)."""
     return sum(p.numel() for p in model.parameters())

@@ -84,18 +84,9 @@ def resolve_device(kind: str, info: DistInfo) -> torch.device:
 
 def build_model(plans_cfg: dict[str, Any], config: TrainConfig) -> nn.Module:
     """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured."""
-    from medseg.models import create_model, get_model_info
+    from medseg.models import create_model_from_plans
 
-    entry = plans_cfg["model"]
-    name = config.model or entry["name"]
-    info = get_model_info(name)
-    accepted = set(info.accepted_kwargs())
-    kwargs = {k: v for k, v in entry.get("kwargs", {}).items() if k in accepted}
-    kwargs.update(config.model_kwargs)
-    if "deep_supervision" in accepted:
-        kwargs["deep_supervision"] = bool(config.deep_supervision and info.deep_supervision)
-    return create_model(name, int(entry["spatial_dims"]), int(entry["in_channels"]), int(entry["out_channels"]),
-                        **kwargs)
+    return create_model_from_plans(plans_cfg["model"], config.model, config.model_kwargs, config.deep_supervision)
 
 
 def _normalised(data: Any) -> Any:
