@@ -49,11 +49,11 @@ PERCENTILES: tuple[int, ...] = (5, 25, 75, 95)
 HD95_POOLING = "max"
 
 
-def case_id_of(path: str | Path) -> str | None:
-    """The case id of an image file (its name without the image ending), or ``None`` when it is not an image file."""
+def case_id_of(path: str | Path, endings: Sequence[str] = CASE_ENDINGS) -> str | None:
+    """The case id of an image file (its name without its ending), or ``None`` when no ending of ``endings`` fits."""
     name = Path(path).name
     lower = name.lower()
-    for ending in CASE_ENDINGS:
+    for ending in endings:
         if lower.endswith(ending) and len(name) > len(ending):
             return name[: -len(ending)]
     return None
@@ -64,8 +64,9 @@ def _short(items: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def list_case_files(folder: str | Path, what: str = "folder") -> dict[str, Path]:
-    """Image files directly in ``folder`` by case id (hidden files and sub-folders are ignored).
+def list_case_files(folder: str | Path, what: str = "folder", endings: Sequence[str] = CASE_ENDINGS
+                    ) -> dict[str, Path]:
+    """Image files (by ``endings``) directly in ``folder`` by case id (hidden files and sub-folders are ignored).
 
     Raises:
         EvaluationError: The folder is missing, or two files share a case id (``a.nii`` and ``a.nii.gz``).
@@ -77,7 +78,7 @@ def list_case_files(folder: str | Path, what: str = "folder") -> dict[str, Path]
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
-        case_id = case_id_of(path)
+        case_id = case_id_of(path, endings)
         if case_id is None:
             continue
         if case_id in found:

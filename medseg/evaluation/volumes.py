@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import EvaluationError, MedsegError
-from medseg.evaluation.evaluate import case_id_of, read_label_map
+from medseg.evaluation.evaluate import CASE_ENDINGS, case_id_of, list_case_files, read_label_map
 
-#: File ending of DICOM Segmentation files in a folder of predictions.
-SEG_ENDING = ".dcm"
+#: Endings of the segmentation files measured: label images and DICOM Segmentations (``.dcm``).
+SEGMENTATION_ENDINGS = (*CASE_ENDINGS, ".dcm")
 #: Name of the label-name file ``medseg predict`` writes beside its outputs.
 LABELS_FILE = "labels.json"
 
@@ -111,23 +111,8 @@ def list_segmentations(path: str | Path) -> dict[str, Path]:
     """
     path = Path(path)
     if path.is_file():
-        case_id = case_id_of(path) or (path.name[: -len(SEG_ENDING)] if path.name.lower().endswith(SEG_ENDING)
-                                       else path.stem)
-        return {case_id: path}
-    if not path.is_dir():
-        raise EvaluationError("no such file or folder", path)
-    found: dict[str, Path] = {}
-    for item in sorted(path.iterdir()):
-        if item.name.startswith(".") or not item.is_file():
-            continue
-        case_id = case_id_of(item)
-        if case_id is None and item.name.lower().endswith(SEG_ENDING) and len(item.name) > len(SEG_ENDING):
-            case_id = item.name[: -len(SEG_ENDING)]
-        if case_id is None:
-            continue
-        if case_id in found:
-            raise EvaluationError(f"two files for case {case_id}: {found[case_id].name} and {item.name}", path)
-        found[case_id] = item
+        return {case_id_of(path, SEGMENTATION_ENDINGS) or path.stem: path}
+    found = list_case_files(path, "segmentation", SEGMENTATION_ENDINGS)
     if not found:
         raise EvaluationError("no segmentations found (NIfTI, NRRD, MetaImage or DICOM SEG files)", path)
     return found

@@ -129,12 +129,10 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     augmentation = config.get("augmentation") or {}
     mirrored = bool(augmentation.get("enabled", True)) and bool(augmentation.get("mirror", True))
     mirror_axes = list(range(len(patch))) if mirrored else []
-    if len(patch) == 2:  # a 2d configuration: one-slice windows through the 2D network, slice by slice
-        from medseg.models.adapters import SliceWise
+    from medseg.models.adapters import volume_windows
 
-        model = SliceWise(model).eval()
-        patch = [1, *patch]
-        mirror_axes = [a + 1 for a in mirror_axes]
+    model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
+    model.eval()
     return FoldModel(run_dir=fold_dir, fold=int(state.get("fold", -1)), configuration=configuration, plans=plans,
                      patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path)
 

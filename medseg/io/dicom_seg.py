@@ -102,8 +102,7 @@ def read_dicom_seg(path: str | Path) -> Any:
         labels = labels[:, :, ::-1]
     labels = np.ascontiguousarray(labels)
     narrowed = labels.astype(np.uint8) if max(numbers) < 256 else labels
-    referenced = sorted({uid for _, uid, _ in seg.get_source_image_uids()}) if hasattr(seg, "get_source_image_uids") \
-        else []
+    referenced = sorted({uid for _, uid, _ in seg.get_source_image_uids()})
     meta = {
         "filename_or_obj": str(path),
         "format": "dicom-seg",

@@ -406,47 +406,39 @@ def _write_picture(array: np.ndarray, affine: np.ndarray, target: Path, path: Pa
     wide = array.size > 0 and array.max() > 255
     if wide and array.shape[0] != 1:
         raise ImageWriteError("values above 255 are written to one-channel (16-bit) pictures only", path)
-    array = array.astype(np.uint16 if wide else np.uint8)
-    slice_array = _write_itk_prepare(array[..., 0], affine, path)
+    image = _itk_image(array[..., 0].astype(np.uint16 if wide else np.uint8))
+    lps = LPS_TO_RAS @ affine  # in-plane spacing and origin only: pictures store no orientation
+    image.SetSpacing(tuple(float(s) for s in np.linalg.norm(lps[:3, :2], axis=0)))
+    image.SetOrigin(tuple(float(o) for o in lps[:2, 3]))
     import SimpleITK as sitk
 
     try:
-        sitk.WriteImage(slice_array, str(target))
+        sitk.WriteImage(image, str(target))
     except Exception as exc:
         raise ImageWriteError(f"cannot write: {_itk_message(exc)}", path) from exc
 
 
-def _write_itk_prepare(array: np.ndarray, affine: np.ndarray, path: Path) -> Any:
-    """A SimpleITK 2D image of ``(C, X, Y)`` with the in-plane spacing and origin of ``affine`` (RAS)."""
+def _itk_image(array: np.ndarray) -> Any:
+    """A SimpleITK image of a channel-first ``(C, X[, Y[, Z]])`` array: scalar for one channel, else vector."""
     import SimpleITK as sitk
 
-    lps = LPS_TO_RAS @ affine
-    spacing = np.linalg.norm(lps[:3, :2], axis=0)
-    yx = np.swapaxes(array, 1, 2)  # (c, y, x)
+    dim = array.ndim - 1
+    zyx = np.moveaxis(array, range(1, dim + 1), range(dim, 0, -1))  # (c, z, y, x)
     if array.shape[0] == 1:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(yx[0]))
-    else:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(yx, 0, -1)), isVector=True)
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetOrigin(tuple(float(o) for o in lps[:2, 3]))
-    return image
+        return sitk.GetImageFromArray(np.ascontiguousarray(zyx[0]))
+    return sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(zyx, 0, -1)), isVector=True)
 
 
 def _write_itk(array: np.ndarray, affine: np.ndarray, target: Path, path: Path) -> None:
     import SimpleITK as sitk
 
-    dim = array.ndim - 1
     geometry = geometry_from_affine(LPS_TO_RAS @ affine, array.shape[1:])
     direction = np.asarray(geometry.direction)
     if not is_orthonormal(direction):
         raise ImageWriteError("the affine has shear, which NRRD/MetaImage cannot store (write NIfTI instead)", path)
     if array.dtype == np.float16:
         array = array.astype(np.float32)
-    zyx = np.moveaxis(array, range(1, dim + 1), range(dim, 0, -1))  # (c, z, y, x)
-    if array.shape[0] == 1:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(zyx[0]))
-    else:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(zyx, 0, -1)), isVector=True)
+    image = _itk_image(array)
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(tuple(direction.ravel()))

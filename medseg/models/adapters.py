@@ -11,6 +11,7 @@ applies unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,3 +37,15 @@ class SliceWise(nn.Module):
         if isinstance(out, (list, tuple)):
             return type(out)(o.unsqueeze(2) for o in out)
         return out.unsqueeze(2)
+
+
+def volume_windows(model: nn.Module, patch: Sequence[int], axes: Sequence[int]
+                   ) -> tuple[nn.Module, list[int], list[int]]:
+    """A network, its patch and its (mirror) axes as 3D sliding windows see them.
+
+    A 2D patch ``(H, W)`` becomes the one-slice window ``(1, H, W)`` of :class:`SliceWise`, and spatial axes ``a`` of
+    the 2D network become ``a + 1``; a 3D network comes back unchanged.
+    """
+    if len(patch) != 2:
+        return model, list(patch), list(axes)
+    return SliceWise(model), [1, *patch], [a + 1 for a in axes]

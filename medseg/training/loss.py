@@ -13,8 +13,8 @@
 
 Deep supervision (nnU-Net's ``_build_loss``): outputs highest resolution first get weights ``1/2^i``; the lowest
 resolution gets 0; the weights are normalised to sum to 1. A model whose paper weights its extra outputs otherwise
-declares them (``loss_weights``: PSPNet, PSANet, CCNet and CPNet weight their auxiliary head 0.4, DANet sums its three
-heads) and those weights are used as given. Targets are downsampled to each output's shape with
+declares them (``loss_weights``: PSPNet, PSANet, CCNet, CPNet and OCRNet weight their auxiliary head 0.4, DANet
+sums its three heads) and those weights are used as given. Targets are downsampled to each output's shape with
 nearest neighbour (nnU-Net's ``DownsampleSegForDSTransform``).
 """
 

@@ -176,7 +176,7 @@ class FoldTrainer:
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice),
-                                        getattr(self.model, "loss_weights", None) or None)
+                                        getattr(self.model, "loss_weights", ()))
         self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda" and config.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -457,13 +457,11 @@ class FoldTrainer:
         """Label map of a preprocessed case ``(C, *spatial)`` by gaussian sliding window (and mirroring TTA)."""
         from monai.inferers import sliding_window_inference
 
-        model: nn.Module = self.model
-        model.eval()
-        patch, in_plane = list(self.patch), list(range(len(self.patch)))
-        if len(self.patch) == 2:  # the 2d configuration predicts slice by slice (one-slice windows)
-            from medseg.models.adapters import SliceWise
+        from medseg.models.adapters import volume_windows
 
-            model, patch, in_plane = SliceWise(model), [1, *self.patch], [1, 2]
+        self.model.eval()
+        # the 2d configuration predicts slice by slice: one-slice windows, mirrored over the in-plane axes
+        model, patch, mirror_axes = volume_windows(self.model, self.patch, range(len(self.patch)))
         image = torch.from_numpy(np.ascontiguousarray(data))[None].to(self.device)
         spatial = image.shape[2:]
         pad = [max(p - s, 0) for p, s in zip(patch, spatial, strict=True)]
@@ -480,8 +478,8 @@ class FoldTrainer:
 
         flips: list[tuple[int, ...]] = [()]
         if self.config.val_mirroring:
-            flips = [tuple(a + 2 for i, a in enumerate(in_plane) if mask >> i & 1)
-                     for mask in range(2 ** len(in_plane))]
+            flips = [tuple(a + 2 for i, a in enumerate(mirror_axes) if mask >> i & 1)
+                     for mask in range(2 ** len(mirror_axes))]
         probs = torch.zeros((1, self.num_classes, *image.shape[2:]), device=self.device)
         for axes in flips:
             x = torch.flip(image, axes) if axes else image
