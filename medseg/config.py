@@ -20,9 +20,57 @@ from typing import Any, TypeVar
 
 import yaml
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, quote
 
 T = TypeVar("T")
+
+#: Most values a YAML document may expand to through its aliases (``*name``); a "billion laughs" bomb of a few
+#: hundred bytes expands to billions and is refused before it is built.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Number of values the node graph expands to, each alias counted as a full copy (iterative, memoised)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            sizes[id(node)] = 1
+            continue
+        if children_done:
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_VALUES + 1)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def safe_yaml(text: str, where: str | Path) -> Any:
+    """Parse YAML with the safe loader (no Python tags), refusing alias bombs and absurd nesting.
+
+    Raises:
+        ConfigError: Invalid YAML (with line and column), aliases expanding beyond :data:`MAX_YAML_VALUES` values,
+            or nesting too deep for the parser.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node) > MAX_YAML_VALUES:
+            raise ConfigError(f"the YAML expands to more than {MAX_YAML_VALUES} values through its aliases "
+                              "(an alias bomb?)", where)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"invalid YAML{at}: {getattr(exc, 'problem', None) or exc}", where) from None
+    except RecursionError:
+        raise ConfigError("the YAML nests too deeply to read", where) from None
 
 
 def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
@@ -38,18 +86,18 @@ def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
                 return _convert(value, arg, key, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} fits none of {hint}", where)
+        raise ConfigError(f"{key}: {quote(value)} fits none of {hint}", where)
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}", where)
+            raise ConfigError(f"{key}: {quote(value)} is not one of {', '.join(map(repr, args))}", where)
         return value
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {hint.__name__} fields, got {value!r}", where)
+            raise ConfigError(f"{key}: expected a mapping of {hint.__name__} fields, got {quote(value)}", where)
         return from_dict(hint, value, where=where, prefix=f"{key}.")
     if origin in (list, tuple) or hint in (list, tuple):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}", where)
+            raise ConfigError(f"{key}: expected a list, got {quote(value)}", where)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}", where)
@@ -59,7 +107,7 @@ def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
         return tuple(converted) if (origin or hint) is tuple else converted
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}", where)
+            raise ConfigError(f"{key}: expected a mapping, got {quote(value)}", where)
         kt, vt = args if args else (Any, Any)
         return {_convert(k, kt, key, where): _convert(v, vt, f"{key}.{k}", where) for k, v in value.items()}
     if isinstance(hint, type) and issubclass(hint, Enum):
@@ -67,17 +115,17 @@ def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
             return hint(value)
         except ValueError as exc:
             choices = ", ".join(str(m.value) for m in hint)
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}", where) from exc
+            raise ConfigError(f"{key}: {quote(value)} is not one of {choices}", where) from exc
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}", where)
+        raise ConfigError(f"{key}: expected true or false, got {quote(value)}", where)
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}", where)
+        raise ConfigError(f"{key}: expected an integer, got {quote(value)}", where)
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -86,15 +134,15 @@ def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}", where)
+        raise ConfigError(f"{key}: expected a number, got {quote(value)}", where)
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected text, got {value!r}", where)
+        raise ConfigError(f"{key}: expected text, got {quote(value)}", where)
     if hint is Path:
         if isinstance(value, str | Path):
             return Path(value)
-        raise ConfigError(f"{key}: expected a path, got {value!r}", where)
+        raise ConfigError(f"{key}: expected a path, got {quote(value)}", where)
     return value
 
 
@@ -152,17 +200,14 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value", "--set")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML", "--set") from exc
+            raise ConfigError(f"override {quote(item)} is not of the form key=value", "--set")
+        value = safe_yaml(raw, f"--set {key}") if raw.strip() else ""
         target = nested
         parts = key.split(".")
         for part in parts[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override", "--set")
+                raise ConfigError(f"override {quote(item)} conflicts with another override", "--set")
         target[parts[-1]] = value
     return nested
 
@@ -182,15 +227,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, raising :class:`ConfigError` with the file and line on any problem."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", path) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from exc
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, MemoryError) as exc:
+        from medseg.utils.files import os_problem
+
+        raise ConfigError(f"cannot read: {os_problem(exc)}", path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", path) from None
+    data = safe_yaml(text, path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -209,8 +253,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
 
 
 def save_config(obj: Any, path: str | Path) -> Path:
-    """Write a dataclass (or mapping) as YAML, keys in field order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    return path
+    """Write a dataclass (or mapping) as YAML, keys in field order, atomically."""
+    from medseg.utils.files import atomic_text
+
+    return atomic_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

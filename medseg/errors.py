@@ -8,6 +8,19 @@ print it as is, without a traceback (``medseg --debug`` shows the traceback).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+#: Longest quotation of a user's value inside an error message.
+QUOTE_LIMIT = 200
+#: Longest problem text; longer texts (a value that slipped through unquoted) are cut, saying by how much.
+PROBLEM_LIMIT = 2000
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for quoting user input in one-line errors."""
+    text = value if isinstance(value, str) and value.startswith(("'", '"')) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 class MedsegError(Exception):
@@ -19,7 +32,10 @@ class MedsegError(Exception):
     """
 
     def __init__(self, problem: str, path: str | Path | None = None) -> None:
-        self.problem = " ".join(str(problem).split())  # always one line
+        text = " ".join(str(problem).split())  # always one line
+        if len(text) > PROBLEM_LIMIT:
+            text = f"{text[:PROBLEM_LIMIT]}… ({len(text) - PROBLEM_LIMIT} more characters)"
+        self.problem = text
         self.path = None if path is None else str(path)
         super().__init__(str(self))
 
@@ -33,6 +49,10 @@ class ImageReadError(MedsegError):
 
 class ImageWriteError(MedsegError):
     """An image cannot be written (unsupported format, geometry the format cannot store)."""
+
+
+class OutputError(MedsegError):
+    """A result cannot be written: a read-only folder, a full disk, no permission, an output folder in use."""
 
 
 class DicomSeriesError(MedsegError):

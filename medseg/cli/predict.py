@@ -44,12 +44,14 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
         tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation (trained axes)."),
         step: float = typer.Option(0.5, "--step", min=0.05, max=1.0, help="Window step as a fraction of the patch."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
         precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16 (autocast)."),
         stitch_device: str = typer.Option("auto", "--stitch-device",
                                           help="Where the stitched volume lives: auto (device when it fits), cpu "
                                                "or cuda."),
-        fmt: str = typer.Option("nifti", "--format", help="nifti, nrrd, png (2D pictures) or dicom-seg (DICOM input)."),
+        fmt: str = typer.Option("nifti", "--format",
+                                help="nifti, nrrd, png (2D pictures) or dicom-seg (DICOM input); several "
+                                     "comma-separated (nifti,dicom-seg) write each."),
         save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                                 help="Also write CASE_probabilities.npz (float16, native grid)."),
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component of each class."),
@@ -57,21 +59,28 @@ def register(app: typer.Typer) -> None:
                                       help="Manifest naming the labels (when INPUT is not a manifest)."),
         batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per batch (default: automatic)."),
         progress: str = typer.Option("auto", "--progress", help="auto, rich or plain."),
+        wait: bool = typer.Option(False, "--wait",
+                                  help="When another batch is writing the output folder, wait for it to finish "
+                                       "instead of refusing."),
     ) -> None:
         """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
 
         Exit code 0 when every case was predicted, 3 when the batch finished but some cases failed (see the ledger),
         1 when an error stopped the command.
         """
-        from medseg.inference import Predictor, discover_cases, load_folds, run_batch
+        from medseg.utils.devices import parse_device
 
-        _choice(device, ("auto", "cpu", "cuda"), "--device")
+        device = parse_device(device)
         _choice(precision, ("auto", "fp32", "fp16", "bf16"), "--precision")
         _choice(stitch_device, ("auto", "cpu", "cuda"), "--stitch-device")
-        _choice(fmt, ("nifti", "nrrd", "png", "dicom-seg"), "--format")
+        formats = [f.strip() for f in fmt.split(",") if f.strip()] or ["nifti"]
+        for item in formats:
+            _choice(item, ("nifti", "nrrd", "png", "dicom-seg"), "--format")
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
         fold_list = _folds(folds)
+        from medseg.inference import Predictor, discover_cases, load_folds, run_batch
+
         cases, input_manifest = discover_cases(input_path)
         loaded = load_folds(models, fold_list, checkpoint)
         predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
@@ -88,8 +97,8 @@ def register(app: typer.Typer) -> None:
             "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
         }
         typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
-        summary = run_batch(predictor, cases, out, fmt=fmt, save_probabilities=save_probabilities, label_names=names,
-                            settings=settings, progress=progress)
+        summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,
+                            label_names=names, settings=settings, progress=progress, wait=wait)
         for line in summary.lines():
             typer.echo(line)
         raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed else 0)

@@ -33,15 +33,22 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", "-o",
                                  help="Run folder; fold K goes to OUT/fold_K (default: runs/CONFIG beside the plans)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt where present."),
-        device: str = typer.Option(None, "--device", help="auto, cpu or cuda (default auto)."),
+        device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default auto)."),
         manifest: Path = typer.Option(None, "--manifest", "-m",
                                       help="Dataset manifest (default: the one recorded in fingerprint.json)."),
-        preset: Path = typer.Option(None, "--preset",
-                                    help="Training settings YAML (e.g. configs/train_cpu_small.yaml)."),
+        preset: str = typer.Option(None, "--preset",
+                                   help="Training settings: a shipped preset (nnunet_default, cpu_small, demo_cpu, "
+                                        "demo_cuda, demo_smoke) or a YAML file."),
         overrides: list[str] = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
     ) -> None:
         """Train a planned configuration with nnU-Net's recipe (single process, or under torchrun for DDP)."""
         from medseg.config import load_config
+        from medseg.presets import resolve_preset
+        from medseg.utils.devices import parse_device
+
+        if device is not None:
+            device = parse_device(device)
+        preset_path = resolve_preset(preset) if preset is not None else None
         from medseg.training import TrainConfig
         from medseg.training import train as run_training
 
@@ -50,7 +57,7 @@ def register(app: typer.Typer) -> None:
                            ("device", device)):
             if value is not None:
                 sets.append(f"{key}={value}")
-        config = load_config(TrainConfig, preset, sets)
+        config = load_config(TrainConfig, preset_path, sets)
         folds = _folds(fold)
         out_dir = out if out is not None else plans.parent / "runs" / configuration
         results = run_training(plans, configuration, folds, out_dir, config, manifest_path=manifest, resume=resume)

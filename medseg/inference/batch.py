@@ -18,8 +18,7 @@ otherwise.
 
 from __future__ import annotations
 
-import json
-import re
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,13 +31,15 @@ from medseg.errors import ImageReadError, InferenceError, MedsegError
 from medseg.inference.ledger import Ledger, fingerprint_files, settings_hash
 from medseg.inference.writers import (
     LABELS_FILE,
-    atomic_write,
+    dicom_seg_problem,
     output_path,
     probabilities_path,
     write_dicom_seg,
     write_labels,
     write_probabilities,
 )
+from medseg.io.naming import case_id, case_id_of, image_suffix, unique_case_ids
+from medseg.utils.files import FolderLock, atomic_json, is_disk_full
 
 
 @dataclass
@@ -93,27 +94,27 @@ class CaseInput:
         return MetaTensor(stacked, affine=images[0].affine, meta=dict(images[0].meta))
 
 
-def _safe_id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
-
-
 def _image_files(folder: Path) -> list[Path]:
-    from medseg.io.image import image_suffix
-
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
 
 
-def _case_id_of(path: Path) -> str:
-    from medseg.io.image import image_suffix
-
-    suffix = image_suffix(path)
-    return _safe_id(path.name[: -len(suffix)] if suffix else path.name)
+def _series_case_id(info: Any, root: Path) -> str:
+    """A series' case id: its SeriesInstanceUID, or for an anonymised series without one, its folder."""
+    if info.series_instance_uid:
+        return case_id(info.series_instance_uid)
+    folder = Path(info.files[0]).parent
+    try:
+        where = folder.relative_to(root).as_posix()
+    except ValueError:
+        where = folder.name
+    return case_id(f"no_series_uid_{where if where != '.' else folder.name}")
 
 
 def _dicom_cases(root: Path) -> list[CaseInput]:
     from medseg.io import scan_dicom
     from medseg.io.dicom import SeriesInfo, _is_dicom_file, _walk_files
 
+    base = root if root.is_dir() else root.parent
     try:
         series = scan_dicom(root)
         failures: list[CaseInput] = []
@@ -126,25 +127,37 @@ def _dicom_cases(root: Path) -> list[CaseInput]:
             try:
                 found = scan_dicom(file)
             except MedsegError as exc:
-                failures.append(CaseInput(_safe_id(f"unreadable_{file.relative_to(root)}"), [file], "dicom",
+                failures.append(CaseInput(case_id(f"unreadable_{file.relative_to(root)}"), [file], "dicom",
                                           error=exc.problem))
                 continue
             for info in found:
-                target = merged.setdefault(info.series_instance_uid, SeriesInfo(
+                key = info.series_instance_uid or f"(no SeriesInstanceUID) {file.parent}"
+                target = merged.setdefault(key, SeriesInfo(
                     info.series_instance_uid, [], info.study_instance_uid, info.patient_id, info.modality,
                     info.series_description, info.series_number))
                 target.files.extend(info.files)
                 target.frames += info.frames
         series = list(merged.values())
-    cases = [CaseInput(_safe_id(info.series_instance_uid), list(info.files), "dicom", info) for info in series]
+    cases = [CaseInput(_series_case_id(info, base), list(info.files), "dicom", info) for info in series]
     return cases + failures
+
+
+def _checked(cases: list[CaseInput], where: Path) -> list[CaseInput]:
+    """``cases`` when no two share a case id (they would write one output), else an error naming both inputs."""
+    try:
+        unique_case_ids(((c.case_id, c.display) for c in cases), "inputs")
+    except ValueError as exc:
+        raise InferenceError(str(exc), where) from None
+    return cases
 
 
 def discover_cases(input_path: str | Path) -> tuple[list[CaseInput], Any]:
     """The cases of INPUT (see the module docstring) and the manifest when INPUT is one.
 
+    Case ids follow :func:`medseg.io.naming.case_id`; two inputs that would get one id are refused up front.
+
     Raises:
-        InferenceError: INPUT does not exist or holds nothing to predict.
+        InferenceError: INPUT does not exist, holds nothing to predict, or two of its inputs share a case id.
     """
     path = Path(input_path)
     if not path.exists():
@@ -153,21 +166,23 @@ def discover_cases(input_path: str | Path) -> tuple[list[CaseInput], Any]:
         from medseg.data import load_manifest
 
         manifest = load_manifest(path)
-        cases = [CaseInput(_safe_id(c.id), manifest.image_paths(c)) for c in manifest.cases]
+        cases = [CaseInput(case_id(c.id), manifest.image_paths(c)) for c in manifest.cases]
         if not cases:
             raise InferenceError("the manifest has no cases", path)
-        return cases, manifest
+        return _checked(cases, path), manifest
     if path.is_file():
         from medseg.io.image import image_format
 
         if image_format(path) == "dicom":
-            return _dicom_cases(path), None
-        return [CaseInput(_case_id_of(path), [path])], None
+            return _checked(_dicom_cases(path), path), None
+        return [CaseInput(case_id_of(path) or case_id(path.name), [path])], None
     files = _image_files(path)
     if files:
-        return [CaseInput(_case_id_of(p), [p]) for p in files], None
+        return _checked([CaseInput(case_id_of(p) or case_id(p.name), [p]) for p in files], path), None
     try:
-        return _dicom_cases(path), None
+        return _checked(_dicom_cases(path), path), None
+    except InferenceError:
+        raise
     except MedsegError as exc:
         raise InferenceError(f"no image files and no DICOM series found ({exc.problem})", path) from exc
 
@@ -179,7 +194,11 @@ class BatchSummary:
     Attributes:
         done: Case ids predicted in this run.
         skipped: Case ids already done (same input and settings).
-        failed: ``(case id, error)`` of the cases that failed.
+        failed: ``(case id, error)`` of the cases that failed (a case whose requested formats were only partly
+            written counts as failed, with the formats it lacks named).
+        not_attempted: Case ids left when the batch stopped early.
+        stopped: Why the batch stopped early (a full disk), else empty.
+        interrupted_before: Case ids a killed earlier run left unfinished (redone in this run).
         seconds: Wall time.
         timings: Case id → seconds per stage.
     """
@@ -187,14 +206,24 @@ class BatchSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    not_attempted: list[str] = field(default_factory=list)
+    stopped: str = ""
+    interrupted_before: list[str] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
-        out = [f"{len(self.done)} predicted, {len(self.skipped)} already done, {len(self.failed)} failed "
-               f"in {self.seconds:.1f} s"]
-        out += [f"failed: {case_id}: {error}" for case_id, error in self.failed]
+        out = []
+        if self.interrupted_before:
+            out.append(f"note: {len(self.interrupted_before)} case(s) left unfinished by an interrupted run were "
+                       f"redone: {', '.join(self.interrupted_before[:10])}")
+        out.append(f"{len(self.done)} predicted, {len(self.skipped)} already done, {len(self.failed)} failed "
+                   f"in {self.seconds:.1f} s")
+        out += [f"failed: {cid}: {error}" for cid, error in self.failed]
+        if self.stopped:
+            out.append(f"stopped: {self.stopped}; {len(self.not_attempted)} case(s) not attempted (free space and "
+                       "run the same command again to resume)")
         return out
 
 
@@ -209,16 +238,20 @@ class _Progress:
 
     def __init__(self, total: int, mode: str, stream: TextIO) -> None:
         self.stream = stream
+        self.mode = mode
+        self.bar: Any = None
+        self.start(total)
+
+    def start(self, total: int) -> None:
         self.total = total
         self.count = 0
-        use_rich = mode == "rich" or (mode == "auto" and getattr(stream, "isatty", lambda: False)())
-        self.bar: Any = None
-        if use_rich and total:
+        use_rich = self.mode == "rich" or (self.mode == "auto" and getattr(self.stream, "isatty", lambda: False)())
+        if use_rich and total and self.bar is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(file=stream))
+                                TimeElapsedColumn(), console=Console(file=self.stream))
             self.bar.start()
             self.task = self.bar.add_task("predict", total=total)
 
@@ -242,115 +275,175 @@ def run_batch(
     cases: Sequence[CaseInput],
     out_dir: str | Path,
     *,
-    fmt: str = "nifti",
+    fmt: str | Sequence[str] = "nifti",
     save_probabilities: bool = False,
     label_names: Mapping[int, str] | None = None,
     settings: Mapping[str, Any] | None = None,
     progress: str = "auto",
     stream: TextIO | None = None,
     after_case: Callable[[str, str], None] | None = None,
+    wait: bool = False,
 ) -> BatchSummary:
     """Predict every case, resumably (see the module docstring).
 
     Args:
         predictor: A :class:`~medseg.inference.predictor.Predictor`.
         cases: From :func:`discover_cases`.
-        out_dir: Output folder (also holds ``ledger.sqlite``).
-        fmt: ``nifti``, ``nrrd`` or ``dicom-seg`` (DICOM input only).
+        out_dir: Output folder (also holds ``ledger.sqlite``); locked for the duration of the batch.
+        fmt: Output format(s): ``nifti``, ``nrrd``, ``png`` (one-slice images) and ``dicom-seg`` (DICOM input).
+            What a format needs is checked before a case is predicted; a case that cannot get one format still
+            gets the others and is recorded as failed, naming what is missing.
         save_probabilities: Also write ``CASE_probabilities.npz``.
         label_names: Label value → name (segment labels of DICOM SEG, probability class names).
         settings: What defines the results (hashed; a change redoes the cases).
         progress: ``auto``, ``rich`` or ``plain``.
         stream: Where progress goes (default stderr).
         after_case: Called as ``after_case(case_id, status)`` after each case is recorded.
+        wait: When another batch holds the output folder, wait for it instead of refusing.
 
     Returns:
-        The summary; ``KeyboardInterrupt`` is re-raised after the ledger records the interrupted run.
+        The summary. A full disk stops the batch (``summary.stopped``); ``KeyboardInterrupt`` is re-raised after the
+        ledger records the interrupted run.
+
+    Raises:
+        OutputError: The output folder is in use by another batch, or cannot be written at all.
     """
+    formats = [fmt] if isinstance(fmt, str) else list(dict.fromkeys(fmt))
+    out = Path(out_dir)
+    with FolderLock(out, "medseg predict", wait=wait):
+        names = dict(label_names or predictor.label_names)
+        atomic_json(out / LABELS_FILE, {str(k): v for k, v in sorted(names.items())})
+        settings = {**dict(settings or {}), "format": ",".join(formats), "save_probabilities": save_probabilities}
+        with Ledger(out) as ledger:
+            return _run_cases(predictor, cases, out, ledger, formats, names, settings, save_probabilities,
+                              _Progress(0, progress, stream or sys.stderr), after_case)
+
+
+def _format_problems(formats: Sequence[str], case: CaseInput, image: Any) -> dict[str, str]:
+    """Per requested format, why this case cannot be written in it (checked before predicting)."""
+    meta = getattr(image, "meta", {}) or {}
+    problems: dict[str, str] = {}
+    for name in formats:
+        if name == "dicom-seg":
+            problem = ("DICOM SEG needs a DICOM series as input" if case.kind != "dicom"
+                       else dicom_seg_problem(meta))
+        elif name == "png":
+            spatial = tuple(image.shape[1:])
+            problem = None if spatial[-1:] == (1,) else f"PNG holds one slice, not a {spatial} volume"
+        else:
+            problem = None
+        if problem:
+            problems[name] = problem
+    return problems
+
+
+def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Ledger, formats: Sequence[str],
+               names: Mapping[int, str], settings: Mapping[str, Any], save_probabilities: bool,
+               bar: _Progress, after_case: Callable[[str, str], None] | None) -> BatchSummary:
     from medseg import __version__
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = dict(label_names or predictor.label_names)
-    atomic_write(out / LABELS_FILE, lambda h: h.write(
-        (json.dumps({str(k): v for k, v in sorted(names.items())}, indent=2) + "\n").encode()))
-    settings = {**dict(settings or {}), "format": fmt, "save_probabilities": save_probabilities}
     digest = settings_hash(settings)
     summary = BatchSummary()
     start_all = time.perf_counter()
-    with Ledger(out) as ledger:
-        ledger.begin_run(settings)
-        pending: list[tuple[CaseInput, str]] = []
-        for case in cases:
-            fingerprint = case.fingerprint()
-            if ledger.is_done(case.case_id, fingerprint, digest):
-                summary.skipped.append(case.case_id)
-            else:
-                pending.append((case, fingerprint))
-        bar = _Progress(len(pending), progress, stream or sys.stderr)
-        interrupted = False
+    summary.interrupted_before = ledger.close_interrupted()
+    ledger.begin_run(settings)
+    pending: list[tuple[CaseInput, str]] = []
+    for case in cases:
+        fingerprint = case.fingerprint()
+        if ledger.is_done(case.case_id, fingerprint, digest):
+            summary.skipped.append(case.case_id)
+        else:
+            pending.append((case, fingerprint))
+    bar.start(len(pending))
+    interrupted = False
 
-        def load_and_prepare(case: CaseInput) -> Any:
+    def load_and_prepare(case: CaseInput) -> Any:
+        t0 = time.perf_counter()
+        image = case.load()
+        loaded = time.perf_counter() - t0
+        prepared = predictor.prepare(case.case_id, image)
+        prepared.seconds = {"load": loaded, **prepared.seconds}
+        return prepared
+
+    def write(name: str, prediction: Any, case: CaseInput) -> Path:
+        target = output_path(out, case.case_id, name)
+        if name == "dicom-seg":
+            source = prediction.labels.meta
+            description = f"medseg {source.get('series_description') or ''}".strip()[:64]
+            write_dicom_seg(prediction.labels[0].numpy(), source["source_files"], target, names,
+                            num_classes=predictor.num_classes, software_version=__version__,
+                            series_description=description)
+        else:
+            write_labels(prediction.labels, target)
+        return target
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prefetch")
+    try:
+        futures: dict[int, Future[Any]] = {}
+        if pending:
+            futures[0] = executor.submit(load_and_prepare, pending[0][0])
+        for index, (case, fingerprint) in enumerate(pending):
+            started = time.perf_counter()
             timings: dict[str, float] = {}
-            t0 = time.perf_counter()
-            image = case.load()
-            timings["load"] = time.perf_counter() - t0
-            prepared = predictor.prepare(case.case_id, image)
-            prepared.seconds = {**timings, **prepared.seconds}
-            return prepared
-
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prefetch")
-        try:
-            futures: dict[int, Future[Any]] = {}
-            if pending:
-                futures[0] = executor.submit(load_and_prepare, pending[0][0])
-            for index, (case, fingerprint) in enumerate(pending):
-                started = time.perf_counter()
+            written: list[str] = []
+            try:
                 ledger.start(case.case_id, case.display, fingerprint, digest)
-                timings: dict[str, float] = {}
-                try:
-                    prepared = futures.pop(index).result()
-                    if index + 1 < len(pending):
-                        futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
-                    if fmt == "dicom-seg" and case.kind != "dicom":
-                        raise InferenceError("--format dicom-seg needs DICOM input", case.display)
-                    prediction = predictor.predict_prepared(prepared, probabilities=save_probabilities)
-                    timings.update(prediction.seconds)
-                    t0 = time.perf_counter()
-                    target = output_path(out, case.case_id, fmt)
-                    if fmt == "dicom-seg":
-                        source = prediction.labels.meta
-                        description = f"medseg {source.get('series_description') or ''}".strip()[:64]
-                        write_dicom_seg(prediction.labels[0].numpy(), source["source_files"], target, names,
-                                        num_classes=predictor.num_classes, software_version=__version__,
-                                        series_description=description)
-                    else:
-                        write_labels(prediction.labels, target)
-                    if save_probabilities and prediction.probabilities is not None:
-                        write_probabilities(prediction.probabilities, probabilities_path(out, case.case_id), names)
-                    timings["write"] = time.perf_counter() - t0
-                    timings["total"] = time.perf_counter() - started
-                    ledger.finish(case.case_id, str(target), timings)
-                    summary.done.append(case.case_id)
-                    status = "done"
-                except Exception as exc:
-                    if index + 1 < len(pending) and index + 1 not in futures:
-                        futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
-                    timings["total"] = time.perf_counter() - started
-                    error = _error_text(exc)
-                    ledger.fail(case.case_id, error, timings)
-                    summary.failed.append((case.case_id, error))
-                    status = f"failed ({error})"
-                summary.timings[case.case_id] = timings
-                bar.case(case.case_id, status, timings)
-                if after_case is not None:
-                    after_case(case.case_id, "done" if status == "done" else "failed")
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
-            bar.close()
-            summary.seconds = time.perf_counter() - start_all
+                prepared = futures.pop(index).result()
+                if index + 1 < len(pending):
+                    futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
+                problems = _format_problems(formats, case, prepared.image)
+                if len(problems) == len(formats):
+                    raise InferenceError("; ".join(problems.values()), case.display)
+                prediction = predictor.predict_prepared(prepared, probabilities=save_probabilities)
+                timings.update(prediction.seconds)
+                t0 = time.perf_counter()
+                for name in formats:
+                    if name in problems:
+                        continue
+                    try:
+                        written.append(str(write(name, prediction, case)))
+                    except MedsegError as exc:
+                        if is_disk_full(exc):
+                            raise
+                        problems[name] = exc.problem
+                if save_probabilities and prediction.probabilities is not None:
+                    written.append(str(write_probabilities(prediction.probabilities,
+                                                           probabilities_path(out, case.case_id), names)))
+                timings["write"] = time.perf_counter() - t0
+                timings["total"] = time.perf_counter() - started
+                if problems:
+                    wrote = ", ".join(f for f in formats if f not in problems)
+                    raise InferenceError(f"wrote {wrote}, not {', '.join(problems)}: {'; '.join(problems.values())}",
+                                         case.display)
+                ledger.finish(case.case_id, written, timings)
+                summary.done.append(case.case_id)
+                status = "done"
+            except Exception as exc:
+                if index + 1 < len(pending) and index + 1 not in futures and not is_disk_full(exc):
+                    futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
+                timings["total"] = time.perf_counter() - started
+                error = _error_text(exc)
+                summary.failed.append((case.case_id, error))
+                status = f"failed ({error})"
+                if is_disk_full(exc):
+                    summary.stopped = error
+                    summary.not_attempted = [c.case_id for c, _ in pending[index + 1:]]
+                    with contextlib.suppress(MedsegError):  # the ledger may be on the full disk too
+                        ledger.fail(case.case_id, error, timings, written)
+                    bar.case(case.case_id, status, timings)
+                    break
+                ledger.fail(case.case_id, error, timings, written)
+            summary.timings[case.case_id] = timings
+            bar.case(case.case_id, status, timings)
+            if after_case is not None:
+                after_case(case.case_id, "done" if status == "done" else "failed")
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        summary.seconds = time.perf_counter() - start_all
+        with contextlib.suppress(MedsegError):
             ledger.end_run(len(summary.done), len(summary.skipped), len(summary.failed), interrupted)
     return summary

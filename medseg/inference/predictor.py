@@ -245,8 +245,6 @@ class Predictor:
         self.configuration = first.configuration
         self.cfg = configuration_of(self.plans, self.configuration)
         self.device = resolve_device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InferenceError("--device cuda was asked for, but CUDA is not available")
         self.lcc = lcc
         self.tta = tta
         self.window = SlidingWindowPredictor(

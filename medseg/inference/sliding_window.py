@@ -118,10 +118,12 @@ def pad_amounts(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, i
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → CUDA when available, else the CPU; otherwise the named device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """A ``torch.device`` as given, or the device a name stands for (:func:`medseg.utils.devices.resolve_device`)."""
+    if isinstance(device, torch.device):
+        return device
+    from medseg.utils.devices import resolve_device as resolve
+
+    return resolve(device)
 
 
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
@@ -158,7 +160,7 @@ def choose_stitch_device(buffer_bytes: int, compute: torch.device, requested: st
         return torch.device("cpu")
     if requested not in ("auto", "cuda"):
         return torch.device(requested)
-    if requested == "cuda":
+    if requested == "cuda" or compute.type != "cuda":  # MPS shares the machine's memory
         return compute
     if free_bytes is None:
         free_bytes = int(torch.cuda.mem_get_info(compute)[0])

@@ -1,8 +1,8 @@
 """Writing predictions: label images (NIfTI/NRRD), probabilities (``.npz``) and DICOM Segmentations.
 
-Every file is written to a temporary name in its destination folder and renamed into place (``os.replace``), so a
-killed process leaves either no file or a complete one. Label images go through :func:`medseg.io.save_image`
-(already atomic) with the input's affine, so they carry its exact geometry.
+Every file goes through :func:`medseg.utils.files.atomic_write` (a temporary name in the destination folder, renamed
+into place), so a killed process or a full disk leaves either no file or a complete one. Label images go through
+:func:`medseg.io.save_image` (atomic too) with the input's affine, so they carry its exact geometry.
 
 DICOM input can be written as a DICOM Segmentation (``highdicom.seg.Segmentation``, binary, one segment per
 foreground label named from the manifest or the plans) that references the source series: its frames are the
@@ -12,14 +12,14 @@ each frame's pixel rows/columns are the source image's rows/columns, so it reads
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from medseg.errors import InferenceError
+from medseg.utils.files import atomic_write
 
 #: Output format → file ending.
 FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "png": ".png", "dicom-seg": ".dcm"}
@@ -44,23 +44,25 @@ def probabilities_path(out_dir: Path, case_id: str) -> Path:
     return out_dir / f"{case_id}_probabilities.npz"
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` through ``write(handle)`` on a hidden temporary file in the same folder, fsync, rename.
+def dicom_seg_problem(meta: Mapping[str, Any]) -> str | None:
+    """Why a DICOM series (the ``meta`` of its loaded image) cannot be referenced by a DICOM SEG, or ``None``.
 
-    On any error (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is left untouched.
+    A SEG references its source by StudyInstanceUID, SeriesInstanceUID, SOPClassUID and each slice's
+    SOPInstanceUID; anonymisation that empties them leaves nothing to reference.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    missing = [name for name, key in (("StudyInstanceUID", "study_instance_uid"),
+                                      ("SeriesInstanceUID", "series_instance_uid"),
+                                      ("SOPClassUID", "sop_class_uid"))
+               if not str(meta.get(key) or "").strip()]
+    uids = list(meta.get("sop_instance_uids") or [])
+    if not uids or any(not str(u).strip() for u in uids):
+        missing.append("SOPInstanceUID")
+    if not meta.get("source_files"):
+        missing.append("source files")
+    if missing:
+        return (f"cannot be written as DICOM SEG: the source series has no {', '.join(missing)} (anonymised "
+                "without new UIDs?)")
+    return None
 
 
 def write_labels(labels: Any, path: Path) -> Path:

@@ -33,6 +33,7 @@ import numpy as np
 
 from medseg.errors import DicomSeriesError, GeometryError, ImageReadError
 from medseg.io.geometry import LPS_TO_RAS
+from medseg.io.meta import apply_rescale, make_image
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -58,9 +59,10 @@ class SeriesInfo:
     frames: int = 0
 
     def summary(self) -> str:
-        """One-line description: UID, description, modality and image count."""
+        """One-line description: UID (or the folder of a series without one), description, modality, image count."""
         description = self.series_description or "no description"
-        return f"{self.series_instance_uid} ('{description}', {self.modality or '?'}, {self.frames} images)"
+        uid = self.series_instance_uid or f"(no SeriesInstanceUID, in {self.files[0].parent if self.files else '?'})"
+        return f"{uid} ('{description}', {self.modality or '?'}, {self.frames} images)"
 
 
 @dataclass
@@ -109,10 +111,17 @@ def _read_header(path: Path, *, pixels: bool = False) -> Any:
 
 
 def _walk_files(folder: Path) -> list[Path]:
+    """Every file below ``folder``, sorted; symbolic links to folders are followed, each real folder once."""
     files: list[Path] = []
-    for root, dirs, names in os.walk(folder):
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
-        files.extend(Path(root) / name for name in sorted(names))
+        files.extend(Path(root) / name for name in sorted(names) if os.path.isfile(os.path.join(root, name)))
     return files
 
 
@@ -147,10 +156,11 @@ def scan_dicom(path: str | Path) -> list[SeriesInfo]:
             kind = str(ds.get("Modality", "")) or ("DICOMDIR" if sop_class == DICOMDIR_SOP_CLASS else "non-image")
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
-        uid = str(ds.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
-        info = series.get(uid)
+        uid = str(ds.get("SeriesInstanceUID", "")).strip()
+        key = uid or f"(no SeriesInstanceUID) {file.parent}"  # anonymised files: one series per folder
+        info = series.get(key)
         if info is None:
-            info = series[uid] = SeriesInfo(
+            info = series[key] = SeriesInfo(
                 series_instance_uid=uid,
                 study_instance_uid=str(ds.get("StudyInstanceUID", "")),
                 patient_id=str(ds.get("PatientID", "")),
@@ -374,8 +384,6 @@ def _pixel_array(ds: Any, path: Path) -> np.ndarray:
 
 def load_series(info: SeriesInfo, where: str | Path | None = None) -> Any:
     """Read the pixels of a scanned series into a RAS ``MetaTensor`` of shape ``(1, columns, rows, slices)``."""
-    from medseg.io.image import apply_rescale, make_image
-
     where = where if where is not None else (info.files[0].parent if info.files else "")
     headers: dict[Path, Any] = {}
     slices: list[_Slice] = []

@@ -23,6 +23,7 @@ import numpy as np
 from medseg.errors import ImageReadError
 from medseg.io.dicom import SEG_SOP_CLASS
 from medseg.io.geometry import LPS_TO_RAS
+from medseg.io.meta import make_image
 
 
 def is_dicom_seg(path: str | Path) -> bool:
@@ -70,8 +71,6 @@ def read_dicom_seg(path: str | Path) -> Any:
         ImageReadError: Not a readable SEG, overlapping segments, frames that are not one regular stack, or
             highdicom missing.
     """
-    from medseg.io.image import make_image
-
     path = Path(path)
     try:
         import highdicom as hd

@@ -69,6 +69,32 @@ def geometry_from_affine(affine: np.ndarray, shape: Sequence[int]) -> Geometry:
     )
 
 
+#: Smallest |det| of the direction matrix (unit columns) an affine may have: below it the voxel axes are (nearly)
+#: parallel and the grid has no volume.
+MIN_DIRECTION_DET = 1e-6
+
+
+def affine_problem(affine: np.ndarray, spatial_dims: int = 3) -> str | None:
+    """What makes an image's voxel-to-world affine unusable, or ``None`` when it is fine.
+
+    Refused: non-finite entries; zero, negative-zero or non-finite voxel spacing (the column norms); axes that are
+    parallel (a singular matrix: the grid has no volume). A sheared but invertible affine is accepted (NIfTI can
+    store it).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        return "the voxel-to-world affine holds NaN or infinite values"
+    linear = affine[:spatial_dims, :spatial_dims]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0):
+        axes = ", ".join(str(i) for i in np.flatnonzero(spacing <= 0))
+        return f"voxel spacing is zero along axis {axes} (header spacing {_fmt(spacing)})"
+    det = abs(float(np.linalg.det(linear / spacing)))
+    if det < MIN_DIRECTION_DET:
+        return "the voxel-to-world affine is singular: its axes are parallel, so the grid has no volume"
+    return None
+
+
 def is_orthonormal(direction: np.ndarray, atol: float = 1e-4) -> bool:
     """Whether a direction matrix is a rotation/reflection (no shear), as ITK-based formats require."""
     direction = np.asarray(direction, dtype=np.float64)

@@ -20,43 +20,49 @@ Voxels are kept in the order they are stored (no reorientation); the affine says
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.utils import SpaceKeys
 
-from medseg.errors import ImageContentError, ImageReadError, ImageWriteError
-from medseg.io.geometry import LPS_TO_RAS, affine_from_geometry, geometry_from_affine, is_orthonormal
+from medseg.errors import GeometryError, ImageContentError, ImageReadError, ImageWriteError
+from medseg.io.geometry import (
+    LPS_TO_RAS,
+    affine_from_geometry,
+    affine_problem,
+    geometry_from_affine,
+    is_orthonormal,
+)
+from medseg.io.meta import WIDEN, apply_rescale, make_image
+from medseg.io.naming import (
+    NIFTI_SUFFIXES,
+    PICTURE_SUFFIXES,
+    PICTURE_WRITE_SUFFIXES,
+    READ_SUFFIXES,
+    WRITE_SUFFIXES,
+    image_suffix,
+)
 
-#: File endings read and written by each backend (DICOM series are folders).
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-#: 2D pictures (read and written through SimpleITK) that hold label maps losslessly.
-PICTURE_WRITE_SUFFIXES = (".png", ".tif", ".tiff")
-#: 2D pictures read only (JPEG is lossy: never written as a label map).
-PICTURE_SUFFIXES = (*PICTURE_WRITE_SUFFIXES, ".jpg", ".jpeg", ".bmp")
-WRITE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + PICTURE_WRITE_SUFFIXES
-READ_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + PICTURE_SUFFIXES
-
-# dtypes torch cannot compute with, widened losslessly on load.
-_WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.bool_): np.uint8}
-
-
-def image_suffix(path: str | Path) -> str:
-    """The lower-case image ending of ``path`` (``.nii.gz`` counts as one ending), or ``""`` when unknown."""
-    name = str(path).lower()
-    for suffix in READ_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
+__all__ = [
+    "READ_SUFFIXES",
+    "WRITE_SUFFIXES",
+    "apply_rescale",
+    "check_finite",
+    "image_format",
+    "image_suffix",
+    "is_image_path",
+    "load_image",
+    "make_image",
+    "require_3d",
+    "save_image",
+]
 
 def image_format(path: str | Path) -> str:
     """Name of the format of ``path``: ``nifti``, ``nrrd``, ``mha``, ``mhd``, ``picture`` or ``dicom`` (a folder)."""
@@ -83,42 +89,6 @@ def is_image_path(path: str | Path) -> bool:
     return path.is_dir() or image_suffix(path) != ""
 
 
-def make_image(
-    array: np.ndarray, affine: np.ndarray, meta: Mapping[str, Any] | None = None, *, original_dtype: Any = None
-) -> MetaTensor:
-    """Wrap a channel-first array ``(C, *spatial)`` and its RAS affine into a ``MetaTensor`` with medseg's meta keys.
-
-    Args:
-        array: Voxel values, channel first.
-        affine: 4×4 voxel-to-world affine, RAS+ mm.
-        meta: Extra metadata (source file, format, DICOM identifiers, …).
-        original_dtype: dtype on disk, when it differs from ``array.dtype``.
-    """
-    array = np.asarray(array)
-    original = np.dtype(original_dtype if original_dtype is not None else array.dtype)
-    widened = _WIDEN.get(array.dtype)
-    if widened is not None:
-        array = array.astype(widened)
-    affine = np.asarray(affine, dtype=np.float64)
-    geometry = geometry_from_affine(affine, array.shape[1:])
-    full_meta: dict[str, Any] = dict(meta or {})
-    full_meta.update(
-        {
-            "original_affine": affine.copy(),
-            "spacing": geometry.spacing,
-            "origin": geometry.origin,
-            "direction": geometry.direction,
-            "spatial_shape": tuple(int(s) for s in array.shape[1:]),
-            "original_dtype": original.str,
-            "space": SpaceKeys.RAS,
-        }
-    )
-    if not array.flags.writeable:
-        array = array.copy()
-    tensor = torch.from_numpy(array)  # keeps the memory order (NIfTI and DICOM stacks are x-fastest)
-    return MetaTensor(tensor, affine=torch.as_tensor(affine, dtype=torch.float64), meta=full_meta)
-
-
 def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor:
     """Load an image file or a DICOM series folder as a channel-first ``MetaTensor`` with RAS geometry.
 
@@ -139,6 +109,23 @@ def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor
     path = Path(path)
     if not path.exists():
         raise ImageReadError("no such file or folder", path)
+    try:
+        image = _read_any(path, series_uid)
+    except MemoryError:
+        raise ImageReadError("not enough memory to load this image (is its header's size right?)", path) from None
+    except RecursionError:
+        raise ImageReadError("the file's structure nests too deeply to read", path) from None
+    except OSError as exc:
+        from medseg.utils.files import os_problem
+
+        raise ImageReadError(f"cannot read: {os_problem(exc)}", path) from None
+    problem = affine_problem(image.meta["original_affine"], len(image.shape) - 1)
+    if problem is not None:
+        raise GeometryError(problem, path)
+    return image
+
+
+def _read_any(path: Path, series_uid: str | None) -> MetaTensor:
     fmt = image_format(path)
     if fmt == "dicom":
         from medseg.io.dicom import read_dicom_series
@@ -159,30 +146,6 @@ def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor
     )
 
 
-def apply_rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """Apply ``raw * slope + intercept``, staying integer (smallest fitting signed type) when that is exact."""
-    if slope == 1 and intercept == 0:
-        return raw
-    if np.issubdtype(raw.dtype, np.integer) and float(slope).is_integer() and float(intercept).is_integer():
-        slope_i, intercept_i = int(slope), int(intercept)
-        lo, hi = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
-        scaled = sorted((lo * slope_i, hi * slope_i))
-        bounds = (min(scaled[0], scaled[0] + intercept_i), max(scaled[1], scaled[1] + intercept_i))
-        for candidate in (np.int16, np.int32, np.int64):
-            info = np.iinfo(candidate)
-            if info.min <= bounds[0] and bounds[1] <= info.max:
-                out = raw.astype(candidate)
-                if slope_i != 1:
-                    out *= slope_i
-                out += intercept_i
-                return out
-    out = raw.astype(np.float32)
-    if slope != 1:
-        out *= np.float32(slope)
-    out += np.float32(intercept)
-    return out
-
-
 def _describe_read_failure(exc: BaseException, path: Path) -> str:
     if isinstance(exc, EOFError):
         return "file is truncated (the compressed stream ends early)"
@@ -199,11 +162,13 @@ def _read_nifti(path: Path) -> MetaTensor:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path), mmap=False)
+        with _quiet_nibabel():  # header fixes nibabel would print; checked below instead
+            img = nib.load(str(path), mmap=False)
     except Exception as exc:
         raise ImageReadError(f"not a readable NIfTI file: {_describe_read_failure(exc, path)}", path) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageReadError(f"not a NIfTI image ({type(img).__name__})", path)
+    _check_nifti_spacing(img, path)
     proxy = img.dataobj
     try:
         raw = np.asarray(proxy.get_unscaled())  # type: ignore[union-attr]
@@ -226,6 +191,40 @@ def _read_nifti(path: Path) -> MetaTensor:
         raise ImageReadError(f"{data.ndim}D NIfTI data of shape {data.shape} is not supported", path)
     meta = {"filename_or_obj": str(path), "format": "nifti"}
     return make_image(data, img.affine, meta)
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header-fix messages (they would break one-line errors); medseg checks the header itself."""
+    import nibabel as nib
+
+    logger = nib.imageglobals.logger
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
+
+
+def _check_nifti_spacing(img: Any, path: Path) -> None:
+    """Refuse zero, negative or NaN voxel sizes (pixdim) where the affine is built from them (no sform).
+
+    The header is read again as stored: nibabel's loaded header has zero already turned into 1 mm and negative
+    into its absolute value, silently.
+    """
+    import nibabel as nib
+
+    if int(img.header["sform_code"]) > 0:
+        return
+    with nib.openers.ImageOpener(str(path)) as handle, _quiet_nibabel():
+        header = type(img.header).from_fileobj(handle, check=False)
+    spatial = max(1, min(3, int(header["dim"][0])))
+    pixdim = np.asarray(header["pixdim"][1:1 + spatial], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        kind = "NaN or infinite" if not np.all(np.isfinite(pixdim)) else "zero or negative"
+        shown = ", ".join(f"{v:g}" for v in pixdim)
+        raise GeometryError(f"voxel size (pixdim) is {kind}: ({shown}) and no sform gives the geometry instead", path)
 
 
 def _itk_to_ras_affine(image: Any) -> np.ndarray:
@@ -313,7 +312,7 @@ def _narrowed(array: np.ndarray, original_dtype: str | None) -> np.ndarray:
     """Choose the on-disk dtype: undo load-time widening, and store torch's int64/bool as the smallest fitting type."""
     if original_dtype is not None:
         original = np.dtype(original_dtype)
-        if original != np.bool_ and original in _WIDEN and np.dtype(_WIDEN[original]) == array.dtype:
+        if original != np.bool_ and original in WIDEN and np.dtype(WIDEN[original]) == array.dtype:
             return array.astype(original)
     if array.dtype == np.bool_:
         return array.astype(np.uint8)

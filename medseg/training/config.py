@@ -1,4 +1,4 @@
-"""Training settings: :class:`TrainConfig`, loaded from YAML (``configs/train_*.yaml``) with ``--set`` overrides.
+"""Training settings: :class:`TrainConfig`, from YAML (the presets in ``medseg/presets/``) with ``--set`` overrides.
 
 Defaults are nnU-Net v2's ``nnUNetTrainer`` (Isensee et al., Nature Methods 2021): 1000 epochs × 250 iterations,
 50 validation iterations, SGD (Nesterov, momentum 0.99, lr 1e-2, weight decay 3e-5) with poly decay (exponent
@@ -93,7 +93,7 @@ class TrainConfig:
         augmentation: Augmentation settings.
         num_workers: Data-loading worker processes for training (validation uses half, at least 1 when > 0).
         seed: Seed of the weights, the splits, the patch sampling and the augmentation.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         amp: Mixed precision on CUDA (bf16 when supported, else fp16 with a grad scaler).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark`` on CUDA.
         ema_momentum: EMA of the pseudo-Dice: ``ema = m · ema + (1 - m) · dice`` (0.9).
@@ -128,7 +128,7 @@ class TrainConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     num_workers: int = 8
     seed: int = 12345
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
     amp: bool = True
     cudnn_benchmark: bool = True
     ema_momentum: float = 0.9
@@ -141,3 +141,12 @@ class TrainConfig:
     progress: Literal["auto", "rich", "plain"] = "auto"
     cache_dir: str | None = None
     preprocess_workers: int = 4
+
+    def __post_init__(self) -> None:
+        from medseg.errors import MedsegError
+        from medseg.utils.devices import parse_device
+
+        try:
+            self.device = parse_device(self.device, "device")
+        except MedsegError as exc:
+            raise ValueError(exc.problem) from None

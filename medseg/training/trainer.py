@@ -48,6 +48,7 @@ from medseg.training.distributed import (
 )
 from medseg.training.loss import DeepSupervisionLoss, build_loss
 from medseg.training.progress import Progress, plot_progress
+from medseg.utils.devices import resolve_device
 
 FILES = ("config.yaml", "plans.json", "splits.json", "environment.json", "seed", "metrics.jsonl", "progress.png")
 
@@ -71,15 +72,6 @@ def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
             return Path(recorded)
     raise TrainingError("cannot locate the dataset: pass --manifest PATH (no fingerprint.json beside the plans "
                         "records an existing manifest)", plans_path)
-
-
-def resolve_device(kind: str, info: DistInfo) -> torch.device:
-    """``auto``: CUDA (GPU ``LOCAL_RANK``) when available, else CPU."""
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA device is available")
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
-    return torch.device("cpu")
 
 
 def build_model(plans_cfg: dict[str, Any], config: TrainConfig) -> nn.Module:
@@ -591,7 +583,7 @@ def train(
             raise TrainingError(f"split {fold} has no training or no validation cases")
 
     info = launcher_info()
-    device = resolve_device(config.device, info)
+    device = resolve_device(config.device, info.local_rank, option="device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     init_distributed(info, device)

@@ -18,12 +18,15 @@ reports failed cases in its ledger and exit code but should not stop the report 
 
 A step may also list ``clean`` paths: folders or files deleted before the step runs on changed inputs (say, a
 training run folder that must start afresh after the plans changed), but kept when the step runs again after an
-interruption with the same inputs, so that a command given ``--resume`` continues where it stopped.
+interruption with the same inputs, so that a command given ``--resume`` continues where it stopped. A pipeline
+deletes nothing outside its lane: each ``clean`` path must lie strictly inside the ``work`` folder or inside a
+declared output, after resolving ``..`` and symbolic links; any other is refused before a step runs.
 
-``${name}`` is replaced by a variable (``vars``, overridden with ``--set name=value``) or a built-in:
-``${device}`` (``cuda`` when a CUDA device is present, else ``cpu``) and ``${pipeline_dir}`` (the folder of the
-pipeline file), which ``--set`` overrides like any variable. Relative paths are relative to the folder the pipeline
-is run from.
+``${name}`` is replaced by a variable (``vars``, overridden with ``--set name=value``) or a built-in: ``${device}``
+(``cuda`` when a CUDA device is present, else ``cpu``), ``${pipeline_dir}`` (the folder of the pipeline file) and
+``${presets}`` (the folder of the training presets shipped with medseg), which ``--set`` overrides like any
+variable. Variables may refer to each other; a cycle (``out: ${out}/x``) is an error. Relative paths are relative to
+the folder the pipeline is run from.
 
 A step is skipped when it finished before with the same command and the same input files (paths, sizes and
 modification times; every file of an input folder), and all its outputs still exist. Otherwise it runs, and so does
@@ -34,9 +37,7 @@ step, so an interrupted pipeline resumes at the step that was running.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -47,6 +48,8 @@ from typing import Any
 
 from medseg.config import parse_overrides, read_yaml
 from medseg.errors import ConfigError, MedsegError
+from medseg.presets import PRESETS_DIR
+from medseg.utils.files import atomic_json, read_json, state_digest
 
 STATE_VERSION = 1
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -87,7 +90,47 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: Longest text a variable may expand to (nested references can otherwise grow exponentially).
+MAX_EXPANSION = 100_000
+
+
+def resolve_variables(variables: Mapping[str, str], where: str | Path) -> dict[str, str]:
+    """Expand the references among variables (``b: ${a}/x``), refusing cycles and runaway expansions.
+
+    Raises:
+        PipelineError: A variable refers to itself through others (``out: ${out}/x``), refers to an unknown
+            variable, or expands beyond :data:`MAX_EXPANSION` characters.
+    """
+    resolved: dict[str, str] = {}
+
+    def expand(name: str, chain: list[str]) -> str:
+        if name in resolved:
+            return resolved[name]
+        if name in chain:
+            cycle = " → ".join([*chain[chain.index(name):], name])
+            raise PipelineError(f"variables refer to each other in a cycle: {cycle}", where)
+
+        def replace(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key not in variables:
+                raise PipelineError(f"variable {name}: unknown variable ${{{key}}} (known: "
+                                    f"{', '.join(sorted(variables))})", where)
+            return expand(key, [*chain, name])
+
+        text = _VARIABLE.sub(replace, variables[name])
+        if len(text) > MAX_EXPANSION:
+            raise PipelineError(f"variable {name} expands to more than {MAX_EXPANSION} characters", where)
+        resolved[name] = text
+        return text
+
+    for name in variables:
+        expand(name, [])
+    return resolved
+
+
 def _substitute(text: str, variables: Mapping[str, str], where: str) -> str:
+    """Replace each ``${name}`` in ``text`` by its (already resolved) variable."""
+
     def replace(match: re.Match[str]) -> str:
         key = match.group(1)
         if key not in variables:
@@ -95,10 +138,7 @@ def _substitute(text: str, variables: Mapping[str, str], where: str) -> str:
             raise PipelineError(f"{where}: unknown variable ${{{key}}} (known: {known})")
         return variables[key]
 
-    previous = None
-    while previous != text:  # variables may refer to other variables
-        previous, text = text, _VARIABLE.sub(replace, text)
-    return text
+    return _VARIABLE.sub(replace, text)
 
 
 def _as_strings(value: Any, key: str, where: Path) -> list[str]:
@@ -127,6 +167,7 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
         raise PipelineError("vars must be a mapping of names to values", path)
     variables = {str(k): str(v) for k, v in raw_vars.items()}
     variables.setdefault("pipeline_dir", str(path.parent))
+    variables.setdefault("presets", str(PRESETS_DIR))
     variables.setdefault("device", _device())
     for key, value in parse_overrides(overrides).items():
         if isinstance(value, dict):
@@ -134,6 +175,7 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
         if key not in variables:
             raise ConfigError(f"unknown variable {key!r} (known: {', '.join(sorted(variables))})", "--set")
         variables[key] = str(value)
+    variables = resolve_variables(variables, path)
     steps_data = data.get("steps")
     if not isinstance(steps_data, list) or not steps_data:
         raise PipelineError("steps must be a non-empty list", path)
@@ -162,6 +204,7 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
             raise PipelineError(f"{where}: ok_exit_codes must be a list of integers", path)
         steps.append(Step(name=name, run=tuple(words), inputs=files["inputs"], outputs=files["outputs"],
                           clean=files["clean"], ok_exit_codes=tuple(sorted({0, *codes}))))
+    _check_clean_paths(steps, variables, path)
     state = data.get("state")
     if state is not None:
         state_path = Path(_substitute(str(state), variables, "state")).resolve()
@@ -173,25 +216,40 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
                     state_path=state_path, description=str(data.get("description") or ""))
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_clean_paths(steps: Sequence[Step], variables: Mapping[str, str], where: Path) -> None:
+    """Refuse ``clean`` paths outside the pipeline's lane: strictly inside ``${work}`` or inside a declared output.
+
+    Paths are compared after resolving ``..`` and symbolic links, so ``${work}/../../victim`` is refused before any
+    step runs.
+
+    Raises:
+        PipelineError: A clean path outside the work folder and the declared outputs.
+    """
+    work = Path(variables["work"]).resolve() if "work" in variables else None
+    outputs = [p for step in steps for p in step.outputs]
+    for step in steps:
+        for target in step.clean:
+            inside_work = work is not None and work in target.parents
+            if not inside_work and not any(_inside(target, out) for out in outputs):
+                lane = f"the work folder {work} or" if work is not None else ""
+                raise PipelineError(f"step {step.name}: clean path {target} is outside {lane} the declared outputs; "
+                                    "a pipeline deletes nothing else", where)
+
+
 def _digest(step: Step) -> str:
     """Hash of the command and of every input file's path, size and modification time."""
-    h = hashlib.sha256()
-    h.update(json.dumps(list(step.run)).encode())
-    for item in step.inputs:
-        files = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
-        for file in files:
-            try:
-                stat = file.stat()
-                h.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{file}|missing\n".encode())
-    return h.hexdigest()
+    return state_digest(step.inputs, extra=json.dumps(list(step.run)))
 
 
 def _read_state(path: Path) -> dict[str, Any]:
+    """The pipeline state; a missing or unreadable one starts afresh (every step runs again)."""
     try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        state = read_json(path, "pipeline state")
+    except MedsegError:
         return {"version": STATE_VERSION, "steps": {}}
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("steps"), dict):
         return {"version": STATE_VERSION, "steps": {}}
@@ -199,10 +257,7 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _write_state(path: Path, state: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    atomic_json(path, state)
 
 
 def run_pipeline(

@@ -15,10 +15,12 @@ import pydicom
 import pytest
 
 from medseg.cli.main import main
+from medseg.errors import OutputError
 from medseg.inference import Predictor, discover_cases, load_folds, run_batch
-from medseg.inference.writers import atomic_write, read_dicom_seg_labels
+from medseg.inference.writers import read_dicom_seg_labels
 from medseg.io import load_image, save_image
 from medseg.preprocessing.resampling import separate_z_axis
+from medseg.utils.files import LOCK_NAME, atomic_write
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -50,7 +52,7 @@ def _ledger(out: Path) -> dict[str, tuple[str, int, str | None]]:
 
 
 def _no_temporaries(folder: Path) -> None:
-    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]
     assert not leftovers, leftovers
 
 
@@ -202,8 +204,9 @@ def test_writes_are_atomic(tmp_path: Path) -> None:
         handle.write(b"partial")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"out\.npz: cannot write: disk full") as excinfo:
         atomic_write(target, half_then_fail)
+    assert ".tmp" not in str(excinfo.value)  # the error names the final file, never the temporary one
     assert not target.exists()
     _no_temporaries(tmp_path)
     atomic_write(target, lambda h: h.write(b"complete"))

@@ -8,9 +8,8 @@ import pytest
 
 from medseg.config import load_config, save_config, to_dict
 from medseg.errors import ConfigError, TrainingError
+from medseg.presets import PRESETS_DIR, resolve_preset
 from medseg.training import TrainConfig, kfold_splits
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
@@ -23,9 +22,10 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 
 
 def test_presets_load() -> None:
-    default = load_config(TrainConfig, CONFIGS / "train_nnunet_default.yaml")
+    default = load_config(TrainConfig, resolve_preset("nnunet_default"))
     assert default == TrainConfig()
-    small = load_config(TrainConfig, CONFIGS / "train_cpu_small.yaml", ["epochs=3"])
+    assert resolve_preset("train_cpu_small.yaml") == resolve_preset("cpu_small") == PRESETS_DIR / "cpu_small.yaml"
+    small = load_config(TrainConfig, resolve_preset("cpu_small"), ["epochs=3"])
     assert small.epochs == 3 and small.device == "cpu" and small.patch_size == [64, 64, 64]
 
 

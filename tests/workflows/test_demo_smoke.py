@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_demo_pipeline_smoke(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.chdir(ROOT)  # the pipeline's relative paths (configs/, pipelines/) are the repository's
+    monkeypatch.chdir(ROOT)  # the pipeline's relative paths (pipelines/, data_manifests/) are the repository's
     work = tmp_path / "demo"
     args = [
         "run", "pipelines/demo.yaml", "--set", f"work={work}", "--set", "n_train=3", "--set", "n_test=1",
-        "--set", "spacing=6", "--set", "preset=configs/train_demo_smoke.yaml", "--set", f"manifests={tmp_path}",
+        "--set", "spacing=6", "--set", "preset=demo_smoke", "--set", f"manifests={tmp_path}",
         "--set", "device=cpu", "--set", "tta=--no-tta",
     ]
     assert main(args) == 0

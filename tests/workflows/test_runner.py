@@ -125,7 +125,8 @@ def test_clean_paths_go_only_when_inputs_changed(tmp_path: Path) -> None:
     source.write_text("1")
     run_dir = tmp_path / "run"
     (tmp_path / "p.yaml").write_text(
-        f"steps:\n  - name: s\n    run: [info]\n    inputs: ['{source}']\n    outputs: ['{run_dir}/done']\n"
+        f"vars:\n  work: '{tmp_path}'\nsteps:\n  - name: s\n    run: [info]\n    inputs: ['{source}']\n"
+        f"    outputs: ['{run_dir}/done']\n"
         f"    clean: ['{run_dir}']\n"
     )
 

@@ -1,0 +1,283 @@
+"""Files: the one atomic-write helper, the one file-state digest, and JSON reading with errors that name the file.
+
+Every file medseg writes (images, metrics, summaries, reports, plans, manifests, ledgers' side files, pipeline
+state, checkpoints) goes through :func:`atomic_write`: the bytes go to a hidden temporary file in the destination
+folder (``.NAME.tmpPID``), are flushed and fsynced, and the temporary file is renamed over ``NAME``
+(``os.replace``, atomic on POSIX). A process killed at any moment, or a disk that fills up, leaves either the
+previous file or the complete new one under the final name — never a truncated one — and the error names the final
+file, never the temporary one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from medseg.errors import MedsegError, OutputError
+
+__all__ = [
+    "atomic_json",
+    "atomic_text",
+    "atomic_write",
+    "is_disk_full",
+    "nesting_depth",
+    "os_problem",
+    "read_json",
+    "remove_stale_temporaries",
+    "state_digest",
+]
+
+#: How deep JSON nesting may go before a file is refused (Python's parser recurses; real files nest < 20 levels).
+MAX_JSON_DEPTH = 200
+
+_PROBLEMS = {
+    errno.ENOSPC: "no space left on the disk",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENAMETOOLONG: "the file name is too long",
+    errno.EFBIG: "the file is too large for this file system",
+    errno.EIO: "input/output error (failing disk or network file system)",
+}
+
+
+def os_problem(exc: BaseException) -> str:
+    """The problem an ``OSError`` (or ``MemoryError``) stands for, in words, without file names in it."""
+    if isinstance(exc, MemoryError):
+        return "not enough memory"
+    code = getattr(exc, "errno", None)
+    if code in _PROBLEMS:
+        return _PROBLEMS[code]
+    text = getattr(exc, "strerror", None) or " ".join(str(exc).split()) or type(exc).__name__
+    return str(text)[:200]
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) means the disk or the quota is full."""
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        if getattr(item, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(item)
+        if _PROBLEMS[errno.ENOSPC] in text or _PROBLEMS[errno.EDQUOT] in text or "disk is full" in text:
+            return True
+        item = item.__cause__ or item.__context__
+    return False
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
+    """Write ``path`` through ``write(binary_handle)`` on a temporary file in the same folder, fsync, rename.
+
+    Missing parent folders are created. On any error (``KeyboardInterrupt`` included) the temporary file is removed
+    and ``path`` keeps its previous content.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputError: The folder cannot be created or the file cannot be written (read-only, full, no permission);
+            the message names ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder: {os_problem(exc)}", path.parent) from exc
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, MemoryError) as exc:
+        _remove(tmp)
+        raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable (best effort: not every file system lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically (see :func:`atomic_write`)."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda h: h.write(data))
+
+
+def atomic_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON atomically; NaN and infinity are refused (they are not JSON)."""
+    return atomic_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> None:
+    """Delete the temporary files (``.NAME.tmpPID``) a killed process left in ``folder``."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp*"):
+            _remove(path)
+
+
+def state_digest(paths: Iterable[str | os.PathLike[str]], *, extra: str = "") -> str:
+    """SHA-256 over the state of files: each one's absolute path, size and modification time (ns).
+
+    A folder counts every file below it (sorted); a missing path counts as missing. ``extra`` (e.g. a command line)
+    is hashed first. Used wherever medseg decides whether inputs changed: the batch ledger, stored fingerprints and
+    pipeline steps.
+    """
+    digest = hashlib.sha256(extra.encode())
+    for path in paths:
+        p = Path(os.path.abspath(path))
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for file in files:
+            try:
+                st = file.stat()
+                digest.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{file}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def nesting_depth(data: Any) -> int:
+    """How deeply lists and mappings nest in ``data`` (an iterative walk: safe for any depth)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON file",
+              error: type[MedsegError] = MedsegError) -> Any:
+    """Read a JSON file, raising ``error`` with one line naming the file on any problem.
+
+    Problems caught: a missing or unreadable file, text that is not UTF-8, invalid JSON (with line and column),
+    nesting deeper than :data:`MAX_JSON_DEPTH` levels (which would exhaust Python's recursion), and a file too
+    large for memory.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except (OSError, MemoryError) as exc:
+        raise error(f"cannot read the {what}: {os_problem(exc)}", path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"the {what} is not UTF-8 text (byte {exc.start})", path) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"the {what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                    path) from None
+    except RecursionError:
+        raise error(f"the {what} nests deeper than {MAX_JSON_DEPTH} levels", path) from None
+    except MemoryError:
+        raise error(f"the {what} is too large to read: not enough memory", path) from None
+    if nesting_depth(data) > MAX_JSON_DEPTH:
+        raise error(f"the {what} nests deeper than {MAX_JSON_DEPTH} levels", path)
+    return data
+
+
+LOCK_NAME = ".medseg.lock"
+
+
+class FolderLock:
+    """An exclusive lock on an output folder, so that two runs never write one folder at once.
+
+    The lock is an OS advisory lock (``flock``) on ``FOLDER/.medseg.lock``, which also records who holds it (process
+    id, host, command, start time). The operating system releases it when the holder exits, even when killed, so a
+    stale lock file never blocks a later run. Use as a context manager.
+
+    Args:
+        folder: The folder to lock (created when missing).
+        what: The command that takes it (for the message a second run gets), e.g. ``"medseg predict"``.
+        wait: Wait for the holder to finish instead of refusing at once.
+
+    Raises:
+        OutputError: The folder is locked by another process (``wait=False``) or cannot be created.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], what: str, wait: bool = False) -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self.wait = wait
+        self._handle: Any = None
+
+    def __enter__(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; the lock is a no-op there
+            return self
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle = open(self.folder / LOCK_NAME, "a+")
+        except OSError as exc:
+            raise OutputError(f"cannot use the output folder: {os_problem(exc)}", self.folder) from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except OSError:
+            handle.seek(0)
+            holder = " ".join(handle.read().split())[:200] or "another process"
+            handle.close()
+            raise OutputError(f"the output folder is in use by {holder}; wait for it to finish (or pass --wait)",
+                              self.folder) from None
+        import socket
+        import sys
+        import time
+
+        handle.seek(0)
+        handle.truncate()
+        command = " ".join(["medseg", *sys.argv[1:]])[:120] if sys.argv else self.what
+        handle.write(f"{self.what} (pid {os.getpid()} on {socket.gethostname()}, started "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command})\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            import fcntl
+
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
