@@ -106,6 +106,8 @@ def check_command(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
+        for note in report.notes:
+            typer.echo(f"note: {note.case_id}: {_shown(note.path)}: {note.message}")
         for problem in report.problems:
             typer.echo(f"{problem.case_id}: {_shown(problem.path)}: {problem.message}")
         typer.echo(report.summary)

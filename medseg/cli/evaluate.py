@@ -75,9 +75,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from medseg.errors import EvaluationError
-        from medseg.evaluation.evaluate import default_workers, summarize, write_metrics_csv, write_summary_json
+        from medseg.evaluation.evaluate import default_workers, summarize, write_evaluation
         from medseg.evaluation.evaluate import evaluate as run_evaluation
-        from medseg.evaluation.report import REPORT_EXTRA_HINT, matplotlib_available, write_report
+        from medseg.evaluation.report import REPORT_EXTRA_HINT, matplotlib_available, render_report
 
         if missing not in ("error", "empty", "skip"):
             raise EvaluationError(f"--missing must be error, empty or skip, got {missing!r}")
@@ -112,6 +112,10 @@ def register(app: typer.Typer) -> None:
                 progress=on_case,
             )
         pairing = result.pairing
+        reoriented = [c.case_id for c in result.cases if c.reoriented]
+        if reoriented:
+            err.print(f"note: {len(reoriented)} prediction(s) stored in another axis order on the reference's grid "
+                      f"were reoriented losslessly: {', '.join(reoriented[:10])}", markup=False, highlight=False)
         if pairing.unpaired_predictions:
             err.print(
                 f"note: {len(pairing.unpaired_predictions)} predictions have no reference and were not evaluated: "
@@ -126,8 +130,10 @@ def register(app: typer.Typer) -> None:
                 + ", ".join(pairing.missing_predictions[:10]),
                 markup=False, highlight=False,
             )
-        csv_path = write_metrics_csv(result, out_dir / "metrics.csv")
-        json_path = write_summary_json(result, out_dir / "summary.json")
+        html = None
+        if not no_report and matplotlib_available():
+            html = render_report(result, worst=worst)
+        paths = write_evaluation(result, out_dir, report_html=html)
 
         summary = summarize(result)
         console = Console(width=None if Console().is_terminal else 160)
@@ -143,12 +149,11 @@ def register(app: typer.Typer) -> None:
             cells += [str(counts[k]) for k in ("missed", "false_positive", "both_empty")]
             table.add_row(escape(name if name == str(value) else f"{value} {name}"), *cells)
         console.print(table)
-        console.print(f"wrote {csv_path}", markup=False, highlight=False)
-        console.print(f"wrote {json_path}", markup=False, highlight=False)
+        console.print(f"wrote {paths['csv']}", markup=False, highlight=False)
+        console.print(f"wrote {paths['json']}", markup=False, highlight=False)
         if no_report:
             return
-        if not matplotlib_available():
+        if html is None:
             err.print(f"no report.html: {REPORT_EXTRA_HINT}", markup=False, highlight=False)
             return
-        report_path = write_report(result, out_dir / "report.html", worst=worst)
-        console.print(f"report: {report_path}", markup=False, highlight=False)
+        console.print(f"report: {paths['html']}", markup=False, highlight=False)

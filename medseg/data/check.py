@@ -60,11 +60,13 @@ class CheckReport:
         manifest: Path of the manifest checked (``None`` for a manifest built in code).
         cases_checked: Number of cases checked.
         problems: Every problem found, in case order.
+        notes: Things handled that the user should know of (a label reoriented onto its image's grid).
     """
 
     manifest: str | None
     cases_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -91,6 +93,7 @@ class CheckReport:
             "cases_checked": self.cases_checked,
             "cases_with_problems": self.cases_with_problems,
             "problems": [p.to_dict() for p in self.problems],
+            "notes": [p.to_dict() for p in self.notes],
             "summary": self.summary,
             "ok": self.ok,
         }
@@ -121,7 +124,7 @@ def check_dataset(
     total = len(manifest.cases)
     for done, case in enumerate(manifest.cases, start=1):
         try:
-            report.problems.extend(check_case(manifest, case))
+            report.problems.extend(check_case(manifest, case, report.notes))
         except Exception as exc:  # a bug or an unforeseen file: report it and go on with the next case
             path = str(manifest.image_paths(case)[0])
             report.problems.append(Problem(case.id, path, f"unexpected error while checking: {_describe(exc)}"))
@@ -131,13 +134,15 @@ def check_dataset(
     return report
 
 
-def check_case(manifest: Manifest, case: Case) -> list[Problem]:
+def check_case(manifest: Manifest, case: Case, notes: list[Problem] | None = None) -> list[Problem]:
     """Check one case's images and label; return its problems (empty when it is fine).
 
     Images must be 3D scalar volumes, one per channel, or one file holding all channels (``C`` equal to the number
     of channels); all channels must share one grid; intensities must be finite. The label must be a 3D scalar
-    volume on the image grid, with integer values from the manifest's ``labels``.
+    volume on the image grid (or on the same world grid with its axes permuted or flipped: reported in ``notes``),
+    with integer values from the manifest's ``labels``.
     """
+    from medseg.io.align import REORIENTED_NOTE, match_grid
     from medseg.io.geometry import as_geometry, grid_differences
 
     problems: list[Problem] = []
@@ -175,7 +180,7 @@ def check_case(manifest: Manifest, case: Case) -> list[Problem]:
             continue
         differences = grid_differences(reference, geometry)
         if differences:
-            add(path, f"grid differs from {reference_desc}: {'; '.join(differences)}")
+            add(path, f"grid differs from {reference_desc}; that channel vs this one: {'; '.join(differences)}")
     label_path = manifest.label_path(case)
     if label_path is None:
         return problems
@@ -188,9 +193,12 @@ def check_case(manifest: Manifest, case: Case) -> list[Problem]:
         if label.shape[0] != 1:
             add(label_path, f"label holds {label.shape[0]} channels (a 4D image); expected one 3D label map")
         if reference is not None:
-            differences = grid_differences(reference, as_geometry(label))
-            if differences:
-                add(label_path, f"label grid differs from {label_desc}: {'; '.join(differences)}")
+            match = match_grid(label, reference)
+            if match.image is None:
+                add(label_path, f"label grid differs from {label_desc}; image vs label: "
+                                f"{'; '.join(match.differences)}")
+            elif match.reoriented and notes is not None:
+                notes.append(Problem(case.id, str(label_path), f"label {REORIENTED_NOTE}"))
         _check_label_values(label, label_path, add, manifest)
     finally:
         del label

@@ -16,13 +16,13 @@ seen. Everything is seeded: the same arguments give the same files.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.utils.files import atomic_json
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -218,9 +218,9 @@ def make_tissue_dataset(
                     root=out, description=description)
     save_manifest(test, out / "test.json")
     path = save_manifest(train, out / "dataset.json")
-    (out / "SOURCE.json").write_text(json.dumps({
+    atomic_json(out / "SOURCE.json", {
         "template": {key: str(p.name) for key, p in template_paths().items()},
         "seed": seed, "spacing_mm": spacing_mm, "n_train": n_train, "n_test": n_test,
         "variation": variation.__dict__,
-    }, indent=2))
+    })
     return path

@@ -27,7 +27,7 @@ from medseg.data.manifest import (
     _parse_labels,
     load_manifest,
     manifest_from_dict,
-    parse_json,
+    read_manifest_json,
     save_manifest,
 )
 from medseg.errors import ManifestError
@@ -375,13 +375,7 @@ def _locate(source: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"not UTF-8 text (byte {exc.start})", path) from exc
-    except OSError as exc:
-        raise ManifestError(f"cannot read: {exc.strerror or exc}", path) from exc
-    data = parse_json(text, path)
+    data = read_manifest_json(path, "dataset.json")
     if not isinstance(data, dict):
         raise ManifestError("dataset.json must hold a JSON object {...}", path)
     return data

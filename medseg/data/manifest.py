@@ -14,19 +14,19 @@ import difflib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from medseg.errors import ManifestError
+from medseg.errors import ManifestError, OutputError
+from medseg.io.naming import DICOM_SUFFIX, READ_SUFFIXES, case_id, case_id_of
+from medseg.utils.files import atomic_text, read_json
 
 #: Version of the manifest format written by :func:`save_manifest`. Files without ``format_version`` count as 1.
 FORMAT_VERSION = 1
 
 #: Image endings stripped from a file name to derive a case id (longest first).
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".dcm")
 
 #: Top-level keys of medseg's own format.
 _OWN_KEYS = ("format_version", "name", "description", "channels", "labels", "cases", "splits")
@@ -264,24 +264,17 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     if path.is_dir():
         hint = " (it holds a dataset.json: pass that file)" if (path / "dataset.json").is_file() else ""
         raise ManifestError(f"is a folder, not a manifest file{hint}", path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"not UTF-8 text (byte {exc.start}); is this really a JSON manifest?", path) from exc
-    except OSError as exc:
-        raise ManifestError(f"cannot read: {exc.strerror or exc}", path) from exc
-    data = parse_json(text, path)
+    data = read_manifest_json(path)
     return manifest_from_dict(data, root=path.parent, source=path)
 
 
-def parse_json(text: str, path: str | os.PathLike[str]) -> Any:
-    """Parse JSON text, rejecting duplicate object keys; errors name ``path`` with line and column.
+def read_manifest_json(path: str | os.PathLike[str], what: str = "manifest") -> Any:
+    """Read a manifest's JSON, refusing repeated keys; errors name ``path`` (with line and column for bad JSON).
 
     Raises:
-        ManifestError: Empty file, invalid JSON, or a key repeated within one object.
+        ManifestError: Unreadable, empty, not UTF-8, invalid or too deeply nested JSON, or a key repeated within one
+            object.
     """
-    if not text.strip():
-        raise ManifestError("file is empty", path)
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -291,10 +284,7 @@ def parse_json(text: str, path: str | os.PathLike[str]) -> Any:
             out[key] = value
         return out
 
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path) from exc
+    return read_json(path, what, ManifestError, object_pairs_hook=no_duplicates)
 
 
 def manifest_from_dict(
@@ -345,19 +335,10 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(os.path.abspath(path))
     data = manifest.to_dict(relative_to=path.parent)
-    text = dumps_manifest(data)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise ManifestError(f"cannot write the manifest: {exc.strerror or exc}", path) from exc
+        atomic_text(path, dumps_manifest(data))
+    except OutputError as exc:
+        raise ManifestError(f"cannot write the manifest: {exc.problem.removeprefix('cannot write: ')}", path) from exc
     return path
 
 
@@ -382,13 +363,9 @@ def dumps_manifest(data: Mapping[str, Any]) -> str:
 
 
 def case_id_from_path(path: str) -> str:
-    """Derive a case id from an image path: the file name without its image ending (a folder's name as is)."""
+    """Derive a case id from an image path (:func:`medseg.io.naming.case_id_of`; a folder's name by the same rule)."""
     name = PurePosixPath(path.replace("\\", "/")).name
-    lower = name.lower()
-    for ending in IMAGE_ENDINGS:
-        if lower.endswith(ending) and len(name) > len(ending):
-            return name[: -len(ending)]
-    return name
+    return case_id_of(name, (*READ_SUFFIXES, DICOM_SUFFIX)) or case_id(name)
 
 
 def _json_type(value: Any) -> str:
@@ -418,8 +395,11 @@ def _clean_path(value: Any, where: str | os.PathLike[str], key: str) -> str:
     posix = PurePosixPath(text)
     if posix.is_absolute() or re.match(r"^[A-Za-z]:/", text):
         return text.rstrip("/") if len(text) > 1 else text
-    normal = posix.as_posix()
-    return normal[2:] if normal.startswith("./") else normal
+    normal = os.path.normpath(posix.as_posix()).replace("\\", "/")
+    if normal == ".." or normal.startswith("../"):
+        raise ManifestError(f"{key}: {value!r} leaves the dataset folder through '..'; relative paths stay inside "
+                            "the manifest's folder (write an absolute path to use a file elsewhere)", where)
+    return normal
 
 
 def _unknown_keys(found: Iterable[str], allowed: Sequence[str], where: str | os.PathLike[str], context: str) -> None:
@@ -665,10 +645,12 @@ def _from_msd(
 
 
 def _relative_posix(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when inside it, else absolute (manifests never climb out through '..')."""
     try:
-        return Path(os.path.relpath(path, folder)).as_posix()
+        relative = Path(os.path.relpath(path, folder)).as_posix()
     except ValueError:  # different drives on Windows
         return path.as_posix()
+    return path.as_posix() if relative == ".." or relative.startswith("../") else relative
 
 
 def _validate(m: Manifest, where: str | os.PathLike[str]) -> None:
@@ -695,6 +677,7 @@ def _validate(m: Manifest, where: str | os.PathLike[str]) -> None:
     if not m.cases:
         raise ManifestError("no cases", where)
     seen_ids: dict[str, int] = {}
+    output_ids: dict[str, int] = {}
     n = len(m.channels)
     for i, case in enumerate(m.cases):
         if not isinstance(case.id, str) or not case.id.strip() or case.id != case.id.strip():
@@ -704,6 +687,12 @@ def _validate(m: Manifest, where: str | os.PathLike[str]) -> None:
         if case.id in seen_ids:
             raise ManifestError(f"duplicate case id {case.id!r} (cases {seen_ids[case.id]} and {i})", where)
         seen_ids[case.id] = i
+        safe = case_id(case.id)
+        if safe in output_ids:
+            other = m.cases[output_ids[safe]].id
+            raise ManifestError(f"cases {other!r} and {case.id!r} would write the same output files ({safe}); "
+                                "give them ids that differ in letters or digits", where)
+        output_ids[safe] = i
         if len(case.images) not in (1, n):
             channel_list = ", ".join(c.name for c in m.channels)
             raise ManifestError(

@@ -11,6 +11,7 @@ whose keys match nnU-Net v2's ``summary.json`` where they overlap (``metric_per_
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import multiprocessing
@@ -36,9 +37,10 @@ from medseg.evaluation.metrics import (
     metric_keys,
     metrics_in_box,
 )
+from medseg.io.naming import DICOM_SUFFIX, LABEL_SUFFIXES, SEGMENTATION_SUFFIXES, case_id_of
+from medseg.io.naming import case_id as safe_case_id
+from medseg.utils.files import atomic_json, atomic_text, atomic_write_many
 
-#: File endings paired as images (``.nii.gz`` counts as one ending).
-CASE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".bmp")
 #: What to do with references that have no prediction.
 Missing = Literal["error", "empty", "skip"]
 #: Confusion-count keys, as nnU-Net names them.
@@ -49,27 +51,20 @@ PERCENTILES: tuple[int, ...] = (5, 25, 75, 95)
 HD95_POOLING = "max"
 
 
-def case_id_of(path: str | Path, endings: Sequence[str] = CASE_ENDINGS) -> str | None:
-    """The case id of an image file (its name without its ending), or ``None`` when no ending of ``endings`` fits."""
-    name = Path(path).name
-    lower = name.lower()
-    for ending in endings:
-        if lower.endswith(ending) and len(name) > len(ending):
-            return name[: -len(ending)]
-    return None
-
-
 def _short(items: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def list_case_files(folder: str | Path, what: str = "folder", endings: Sequence[str] = CASE_ENDINGS
+def list_case_files(folder: str | Path, what: str = "folder", endings: Sequence[str] = LABEL_SUFFIXES
                     ) -> dict[str, Path]:
-    """Image files (by ``endings``) directly in ``folder`` by case id (hidden files and sub-folders are ignored).
+    """Image files (by ``endings``) directly in ``folder`` by case id (:func:`medseg.io.naming.case_id_of`).
+
+    Hidden files and sub-folders are ignored.
 
     Raises:
-        EvaluationError: The folder is missing, or two files share a case id (``a.nii`` and ``a.nii.gz``).
+        EvaluationError: The folder is missing, or two files share a case id (``a.nii`` and ``a.nii.gz``, or
+            ``a b.nii.gz`` and ``a_b.nii.gz``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -85,6 +80,40 @@ def list_case_files(folder: str | Path, what: str = "folder", endings: Sequence[
             raise EvaluationError(f"two files for case {case_id}: {found[case_id].name} and {path.name}", folder)
         found[case_id] = path
     return found
+
+
+def referenced_series_uid(path: str | Path) -> str | None:
+    """The SeriesInstanceUID a DICOM Segmentation file refers to, or ``None`` (not a SEG, or no reference)."""
+    if Path(path).suffix.lower() != DICOM_SUFFIX:
+        return None
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["ReferencedSeriesSequence"])
+        return str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID) or None
+    except Exception:  # not DICOM, or no reference: paired by case id only
+        return None
+
+
+def _series_uid_of(path: Path) -> str | None:
+    """The SeriesInstanceUID of a DICOM series (folder or file) or the one a SEG refers to; ``None`` otherwise."""
+    if path.is_file():
+        return referenced_series_uid(path) or (_dicom_series_uid(path) if path.suffix.lower() == DICOM_SUFFIX
+                                               else None)
+    if path.is_dir():
+        return _dicom_series_uid(path)
+    return None
+
+
+def _dicom_series_uid(path: Path) -> str | None:
+    from medseg.errors import MedsegError
+    from medseg.io import scan_dicom
+
+    try:
+        series = scan_dicom(path)
+    except MedsegError:
+        return None
+    return series[0].series_instance_uid or None if len(series) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -152,7 +181,7 @@ def pair_cases(
     """
     if missing not in ("error", "empty", "skip"):
         raise EvaluationError(f"missing must be 'error', 'empty' or 'skip', got {missing!r}")
-    predictions = list_case_files(pred_dir, "prediction")
+    predictions = list_case_files(pred_dir, "prediction", SEGMENTATION_SUFFIXES)
     ref = Path(ref)
     label_names: dict[int, str] | None = None
     images: dict[str, Path] = {}
@@ -164,19 +193,20 @@ def pair_cases(
         for case in manifest.labelled_cases:
             label_path = manifest.label_path(case)
             assert label_path is not None
-            references[case.id] = label_path
-            images[case.id] = manifest.image_paths(case)[0]
+            references[safe_case_id(case.id)] = label_path
+            images[safe_case_id(case.id)] = manifest.image_paths(case)[0]
         if not references:
             raise EvaluationError("the manifest has no labelled cases to use as references", ref)
         label_names = {int(v): str(k) for k, v in manifest.labels.items()}
     elif ref.is_dir():
-        references = list_case_files(ref, "reference")
+        references = list_case_files(ref, "reference", SEGMENTATION_SUFFIXES)
     else:
         raise EvaluationError("reference folder or manifest not found", ref)
     if images_dir is not None:
         images = list_case_files(images_dir, "image")
     if not references:
-        raise EvaluationError("no reference label maps (.nii.gz, .nii, .nrrd, .mha) found", ref)
+        raise EvaluationError("no reference label maps (.nii.gz, .nii, .nrrd, .mha, DICOM SEG) found", ref)
+    predictions = _pair_segs_by_series(predictions, references, images)
 
     absent = [c for c in references if c not in predictions]
     unpaired = [c for c in predictions if c not in references]
@@ -194,6 +224,30 @@ def pair_cases(
     if not pairs:
         raise EvaluationError(f"no prediction in {pred_dir} has a reference (case ids: {_short(unpaired)})", ref)
     return Pairing(pairs, label_names, unpaired, absent, missing)
+
+
+def _pair_segs_by_series(predictions: dict[str, Path], references: Mapping[str, Path],
+                         images: Mapping[str, Path]) -> dict[str, Path]:
+    """Pair DICOM SEG predictions named by no reference's case id with the case of the series they refer to.
+
+    A reference case is that series' case when its image is that DICOM series, or its reference is a SEG of it.
+    """
+    unmatched = {cid: p for cid, p in predictions.items()
+                 if cid not in references and p.suffix.lower() == DICOM_SUFFIX}
+    if not unmatched:
+        return predictions
+    by_series: dict[str, str] = {}
+    for cid in references:
+        for source in (images.get(cid), references[cid]):
+            uid = _series_uid_of(Path(source)) if source is not None else None
+            if uid:
+                by_series.setdefault(uid, cid)
+    paired = dict(predictions)
+    for cid, path in unmatched.items():
+        target = by_series.get(referenced_series_uid(path) or "")
+        if target is not None and target not in paired:
+            paired[target] = paired.pop(cid)
+    return paired
 
 
 def parse_labels(
@@ -253,6 +307,8 @@ class CaseResult:
         penalty_mm: Distance reported when exactly one mask is empty (image diagonal).
         n_voxels: Voxels in the reference grid.
         resampled: Whether the prediction was resampled onto the reference grid.
+        reoriented: Whether the prediction was stored in another axis order on the reference's world grid and was
+            reoriented losslessly (:func:`medseg.io.align.match_grid`).
         metrics: Label value → result of :func:`medseg.evaluation.metrics.metrics_in_box`.
     """
 
@@ -265,6 +321,7 @@ class CaseResult:
     penalty_mm: float
     n_voxels: int
     resampled: bool
+    reoriented: bool = False
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -332,8 +389,63 @@ def resample_nearest(
     )
 
 
+#: Largest label value counted with a table indexed by value; larger values are counted by sorting instead, so a
+#: label value of 2**30 costs no 8 GiB table.
+_BINCOUNT_MAX = 65_535
+
+
+def label_counts(array: np.ndarray) -> dict[int, int]:
+    """Voxels per non-zero label value present in ``array`` (memory bounded by the array, whatever the values)."""
+    flat = array.ravel()
+    if flat.size == 0:
+        return {}
+    top = int(flat.max())
+    if top <= _BINCOUNT_MAX:
+        counts = np.bincount(flat.astype(np.int64, copy=False), minlength=1)
+        values = np.flatnonzero(counts)
+        return {int(v): int(counts[v]) for v in values if v > 0}
+    values, counts = np.unique(flat, return_counts=True)
+    return {int(v): int(n) for v, n in zip(values, counts, strict=True) if v > 0}
+
+
+def on_reference_grid(pred: np.ndarray, pred_image: Any, ref_image: Any, resample: bool,
+                      path: str | Path | None = None, case_id: str = "") -> tuple[np.ndarray, bool, bool]:
+    """A predicted label map on the reference's grid: as it is, reoriented, or resampled.
+
+    Reoriented losslessly when it is the same world grid in another axis order; resampled (nearest neighbour) only
+    when ``resample`` allows it.
+
+    Returns:
+        The label map, whether it was resampled, whether it was reoriented.
+
+    Raises:
+        EvaluationError: The grids differ and ``resample`` is false; the message lists the reference first.
+    """
+    from medseg.io.align import match_grid
+
+    match = match_grid(pred_image, ref_image)
+    if match.image is not None:
+        return (np.asarray(match.image)[0] if match.reoriented else pred), False, match.reoriented
+    if not resample:
+        raise EvaluationError(f"case {case_id}: the prediction's grid differs from the reference's; reference vs "
+                              f"prediction: {'; '.join(match.differences)} (resample it, or pass --resample-to-ref)",
+                              path)
+    shape = tuple(int(s) for s in ref_image.shape[1:])
+    affine = np.asarray(ref_image.meta["affine"])
+    return resample_nearest(pred, np.asarray(pred_image.meta["affine"]), shape, affine), True, False
+
+
 def _present_labels(array: np.ndarray) -> dict[int, tuple[slice, ...]]:
-    """Non-zero label values present in a label map, each with its bounding box (one pass over the array)."""
+    """Non-zero label values present in a label map, each with its bounding box (one pass over the array).
+
+    Large label values are first renumbered to their rank, so memory never grows with the values themselves.
+    """
+    if array.size and int(array.max()) > _BINCOUNT_MAX:
+        values, ranks = np.unique(array, return_inverse=True)
+        boxes = ndimage.find_objects(ranks.reshape(array.shape).astype(np.int32) + (1 if values[0] != 0 else 0))
+        offset = 0 if values[0] == 0 else 1
+        return {int(values[i - offset]): box for i, box in enumerate(boxes, start=1)
+                if box is not None and values[i - offset] != 0}
     boxes = ndimage.find_objects(array)
     return {value: box for value, box in enumerate(boxes, start=1) if box is not None}
 
@@ -365,26 +477,14 @@ def evaluate_case(
     Raises:
         EvaluationError: The grids differ (and ``resample_to_ref`` is false), or a label map is unusable.
     """
-    from medseg.io import grid_differences
-
     ref, ref_image = read_label_map(pair.reference)
-    resampled = False
+    resampled = reoriented = False
     if pair.prediction is None:
         pred = np.zeros(ref.shape, dtype=np.uint8)
     else:
         pred, pred_image = read_label_map(pair.prediction)
-        differences = grid_differences(pred_image, ref_image)
-        if differences:
-            if not resample_to_ref:
-                raise EvaluationError(
-                    f"case {pair.case_id}: the prediction's grid differs from the reference's "
-                    f"({'; '.join(differences)}); resample it, or pass --resample-to-ref",
-                    pair.prediction,
-                )
-            pred = resample_nearest(
-                pred, np.asarray(pred_image.meta["affine"]), ref.shape, np.asarray(ref_image.meta["affine"])
-            )
-            resampled = True
+        pred, resampled, reoriented = on_reference_grid(pred, pred_image, ref_image, resample_to_ref,
+                                                        pair.prediction, pair.case_id)
     spacing = tuple(float(s) for s in ref_image.meta["spacing"])[: ref.ndim]
     penalty = empty_penalty_mm(ref.shape, spacing)
     ref_boxes, pred_boxes = _present_labels(ref), _present_labels(pred)
@@ -399,6 +499,7 @@ def evaluate_case(
         penalty_mm=penalty,
         n_voxels=int(ref.size),
         resampled=resampled,
+        reoriented=reoriented,
     )
     for value in values:
         if value == 0:
@@ -613,19 +714,21 @@ def default_workers() -> int:
 # Outputs
 
 
-def write_metrics_csv(result: EvaluationResult, path: str | Path) -> Path:
-    """Write ``metrics.csv``: one row per case × class (see :meth:`EvaluationResult.rows`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = result.rows()
+def metrics_csv_text(result: EvaluationResult) -> str:
+    """The text of ``metrics.csv``: one row per case × class (see :meth:`EvaluationResult.rows`)."""
     columns = ["case_id", "label", "label_name", "status", *result.metric_keys, *COUNT_KEYS]
     columns += ["prediction_file", "reference_file"]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return path
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows():
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_metrics_csv(result: EvaluationResult, path: str | Path) -> Path:
+    """Write ``metrics.csv`` atomically (:func:`metrics_csv_text`)."""
+    return atomic_text(path, metrics_csv_text(result))
 
 
 def statistics(values: np.ndarray) -> dict[str, float | int]:
@@ -678,6 +781,7 @@ def summarize(result: EvaluationResult) -> dict[str, Any]:
                 "shape": list(case.shape),
                 "penalty_mm": case.penalty_mm,
                 "resampled": case.resampled,
+                "reoriented": case.reoriented,
             }
         )
     mean = {str(v): {k: float(result.values(v, k).mean()) for k in keys} for v in result.labels}
@@ -731,8 +835,26 @@ def summarize(result: EvaluationResult) -> dict[str, Any]:
 
 
 def write_summary_json(result: EvaluationResult, path: str | Path) -> Path:
-    """Write ``summary.json`` (:func:`summarize`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summarize(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    """Write ``summary.json`` (:func:`summarize`) atomically."""
+    return atomic_json(path, summarize(result))
+
+
+def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, report_html: str | None = None
+                     ) -> dict[str, Path]:
+    """Write ``metrics.csv``, ``summary.json`` and (when given) ``report.html`` into ``out_dir`` as one.
+
+    Every file is staged before any replaces its previous version (:func:`medseg.utils.files.atomic_write_many`),
+    so a failure (a full disk, a read-only folder) leaves the previous results complete and consistent.
+
+    Returns:
+        The files written, by kind (``csv``, ``json``, ``html``).
+    """
+    out = Path(out_dir)
+    contents: dict[str, tuple[Path, str]] = {
+        "csv": (out / "metrics.csv", metrics_csv_text(result)),
+        "json": (out / "summary.json", json.dumps(summarize(result), indent=2, allow_nan=False) + "\n"),
+    }
+    if report_html is not None:
+        contents["html"] = (out / "report.html", report_html)
+    atomic_write_many({path: text for path, text in contents.values()})
+    return {kind: path for kind, (path, _) in contents.items()}

@@ -22,8 +22,8 @@ import numpy as np
 from medseg.evaluation.evaluate import (
     CaseResult,
     EvaluationResult,
+    on_reference_grid,
     read_label_map,
-    resample_nearest,
     summarize,
 )
 from medseg.evaluation.metrics import (
@@ -189,10 +189,7 @@ def _load_overlay_volumes(case: CaseResult, result: EvaluationResult) -> tuple[n
         pred = np.zeros_like(ref)
     else:
         pred, pred_image = read_label_map(case.prediction)
-        if grid_differences(pred_image, ref_image):
-            pred = resample_nearest(
-                pred, np.asarray(pred_image.meta["affine"]), ref.shape, np.asarray(ref_image.meta["affine"])
-            )
+        pred = on_reference_grid(pred, pred_image, ref_image, True)[0]
     image = None
     if case.image is not None:
         try:
@@ -385,6 +382,10 @@ def render_report(result: EvaluationResult, *, worst: int = 5, title: str = "med
     resampled = [c.case_id for c in result.cases if c.resampled]
     if resampled:
         notes.append(f"{len(resampled)} predictions were resampled onto the reference grid (nearest neighbour)")
+    reoriented = [c.case_id for c in result.cases if c.reoriented]
+    if reoriented:
+        notes.append(f"{len(reoriented)} predictions were stored in another axis order on the reference's grid and "
+                     "were reoriented losslessly")
     tolerance = ", ".join(f"{t:g}" for t in result.nsd_tolerances_mm)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     notes_html = "".join(f"<p class=note>{n}</p>" for n in notes)
@@ -422,8 +423,6 @@ def write_report(result: EvaluationResult, path: str | Path, *, worst: int = 5) 
     Raises:
         ImportError: matplotlib is not installed (:data:`REPORT_EXTRA_HINT`).
     """
-    text = render_report(result, worst=worst)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    from medseg.utils.files import atomic_text
+
+    return atomic_text(path, render_report(result, worst=worst))

@@ -13,6 +13,7 @@ label statistics over cases, failures) and ``volumes.html`` (self-contained tabl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -24,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import EvaluationError, MedsegError
-from medseg.evaluation.evaluate import CASE_ENDINGS, case_id_of, list_case_files, read_label_map
+from medseg.evaluation.evaluate import label_counts, list_case_files, read_label_map
+from medseg.io.naming import SEGMENTATION_SUFFIXES, case_id_of
+from medseg.io.naming import case_id as safe_case_id
+from medseg.utils.files import atomic_write_many, read_json
 
-#: Endings of the segmentation files measured: label images and DICOM Segmentations (``.dcm``).
-SEGMENTATION_ENDINGS = (*CASE_ENDINGS, ".dcm")
 #: Name of the label-name file ``medseg predict`` writes beside its outputs.
 LABELS_FILE = "labels.json"
 
@@ -111,8 +113,8 @@ def list_segmentations(path: str | Path) -> dict[str, Path]:
     """
     path = Path(path)
     if path.is_file():
-        return {case_id_of(path, SEGMENTATION_ENDINGS) or path.stem: path}
-    found = list_case_files(path, "segmentation", SEGMENTATION_ENDINGS)
+        return {case_id_of(path, SEGMENTATION_SUFFIXES) or safe_case_id(path.stem): path}
+    found = list_case_files(path, "segmentation", SEGMENTATION_SUFFIXES)
     if not found:
         raise EvaluationError("no segmentations found (NIfTI, NRRD, MetaImage or DICOM SEG files)", path)
     return found
@@ -124,12 +126,11 @@ def read_label_names(path: str | Path) -> dict[int, str]:
     Raises:
         EvaluationError: Not a JSON object of integer keys and string names.
     """
-    path = Path(path)
+    data = read_json(path, "label-name file", EvaluationError)
     try:
-        data = json.loads(path.read_text())
         return {int(k): str(v) for k, v in dict(data).items()}
-    except (OSError, ValueError, TypeError) as exc:
-        raise EvaluationError(f"not a label-name file ({{\"1\": \"name\", …}}): {exc}", path) from exc
+    except (ValueError, TypeError):
+        raise EvaluationError('not a label-name file ({"1": "name", …}): keys must be label values', path) from None
 
 
 def measure_case(case_id: str, path: str | Path) -> CaseVolumes:
@@ -143,8 +144,7 @@ def measure_case(case_id: str, path: str | Path) -> CaseVolumes:
     voxel = abs(float(np.linalg.det(affine[:3, :3])))
     if not math.isfinite(voxel) or voxel <= 0:
         raise EvaluationError("degenerate affine: the voxel volume is zero", path)
-    counts = np.bincount(array.ravel().astype(np.int64, copy=False))
-    voxels = {int(v): int(n) for v, n in enumerate(counts) if v > 0 and n > 0}
+    voxels = label_counts(array)
     meta = image.meta
     names = {int(k): str(v) for k, v in dict(meta.get("segment_labels") or {}).items()}
     seg = meta.get("format") == "dicom-seg"
@@ -192,17 +192,15 @@ def measure_volumes(
     return VolumeReport(path, cases, dict(sorted(labels.items())), failed)
 
 
-def write_volumes_csv(report: VolumeReport, path: str | Path) -> Path:
-    """Write ``case_id,patient_id,description,label,name,voxels,volume_ml`` rows."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["case_id", "patient_id", "description", "label", "name", "voxels",
-                                                    "volume_ml"])
-        writer.writeheader()
-        for row in report.rows():
-            writer.writerow({**row, "volume_ml": f"{row['volume_ml']:.4f}"})
-    return path
+def volumes_csv_text(report: VolumeReport) -> str:
+    """``case_id,patient_id,description,label,name,voxels,volume_ml`` rows as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["case_id", "patient_id", "description", "label", "name", "voxels",
+                                                "volume_ml"], lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows():
+        writer.writerow({**row, "volume_ml": f"{row['volume_ml']:.4f}"})
+    return buffer.getvalue()
 
 
 def volumes_summary(report: VolumeReport) -> dict[str, Any]:
@@ -273,12 +271,15 @@ def render_volume_report(report: VolumeReport, *, title: str = "medseg volumes")
 
 
 def write_volume_report(report: VolumeReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``volumes.csv``, ``volumes.json`` and ``volumes.html`` into ``out_dir``; returns them by kind."""
+    """Write ``volumes.csv``, ``volumes.json`` and ``volumes.html`` into ``out_dir`` as one; returns them by kind.
+
+    All three are staged before any replaces its previous version (:func:`medseg.utils.files.atomic_write_many`).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": write_volumes_csv(report, out / "volumes.csv")}
-    paths["json"] = out / "volumes.json"
-    paths["json"].write_text(json.dumps(volumes_summary(report), indent=2) + "\n")
-    paths["html"] = out / "volumes.html"
-    paths["html"].write_text(render_volume_report(report), encoding="utf-8")
-    return paths
+    contents = {
+        "csv": (out / "volumes.csv", volumes_csv_text(report)),
+        "json": (out / "volumes.json", json.dumps(volumes_summary(report), indent=2) + "\n"),
+        "html": (out / "volumes.html", render_volume_report(report)),
+    }
+    atomic_write_many({path: text for path, text in contents.values()})
+    return {kind: path for kind, (path, _) in contents.items()}

@@ -98,9 +98,10 @@ def _fold_dirs(run_dir: Path, folds: Sequence[int] | None) -> list[Path]:
 
 def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     """Rebuild and load one fold from its folder (``config.yaml``, ``plans.json``, the checkpoint)."""
-    import yaml
-
+    from medseg.config import read_yaml
+    from medseg.errors import MedsegError
     from medseg.preprocessing import configuration_of
+    from medseg.utils.files import read_json
 
     if checkpoint not in CHECKPOINTS:
         raise InferenceError(f"unknown checkpoint {checkpoint!r} (use {', '.join(CHECKPOINTS)})")
@@ -108,10 +109,10 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     if not path.is_file():
         raise InferenceError(f"no {path.name} (is training finished?)", fold_dir)
     try:
-        plans = json.loads((fold_dir / "plans.json").read_text())
-        config = yaml.safe_load((fold_dir / "config.yaml").read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise InferenceError(f"cannot read the run's plans or config: {exc}", fold_dir) from exc
+        plans = read_json(fold_dir / "plans.json", "run's plans", InferenceError)
+        config = read_yaml(fold_dir / "config.yaml")
+    except MedsegError as exc:
+        raise InferenceError(exc.problem, exc.path or fold_dir) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

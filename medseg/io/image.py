@@ -21,9 +21,6 @@ Voxels are kept in the order they are stored (no reorientation); the affine says
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -361,22 +358,17 @@ def save_image(
         problem = f"expected a channel-first array (C, *spatial) with 2 or 3 spatial axes, got {array.shape}"
         raise ImageWriteError(problem, path)
     array = _narrowed(array, meta.get("original_dtype"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".medseg-write-", dir=path.parent))
-    try:
-        target = tmpdir / path.name
+    from medseg.utils.files import atomic_write_via
+
+    def produce(target: Path) -> None:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(array, affine, target)
         elif suffix in PICTURE_WRITE_SUFFIXES:
             _write_picture(array, affine, target, path)
         else:
             _write_itk(array, affine, target, path)
-        written = sorted(tmpdir.iterdir(), key=lambda p: p == target)  # data files first, the named file last
-        for item in written:
-            os.replace(item, path.parent / item.name)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
+
+    return atomic_write_via(path, produce)
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, target: Path) -> None:
@@ -409,12 +401,7 @@ def _write_picture(array: np.ndarray, affine: np.ndarray, target: Path, path: Pa
     lps = LPS_TO_RAS @ affine  # in-plane spacing and origin only: pictures store no orientation
     image.SetSpacing(tuple(float(s) for s in np.linalg.norm(lps[:3, :2], axis=0)))
     image.SetOrigin(tuple(float(o) for o in lps[:2, 3]))
-    import SimpleITK as sitk
-
-    try:
-        sitk.WriteImage(image, str(target))
-    except Exception as exc:
-        raise ImageWriteError(f"cannot write: {_itk_message(exc)}", path) from exc
+    _itk_write(image, target, path)
 
 
 def _itk_image(array: np.ndarray) -> Any:
@@ -429,7 +416,6 @@ def _itk_image(array: np.ndarray) -> Any:
 
 
 def _write_itk(array: np.ndarray, affine: np.ndarray, target: Path, path: Path) -> None:
-    import SimpleITK as sitk
 
     geometry = geometry_from_affine(LPS_TO_RAS @ affine, array.shape[1:])
     direction = np.asarray(geometry.direction)
@@ -441,7 +427,28 @@ def _write_itk(array: np.ndarray, affine: np.ndarray, target: Path, path: Path) 
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(tuple(direction.ravel()))
+    _itk_write(image, target, path, compress=True)
+
+
+def _itk_write(image: Any, target: Path, path: Path, compress: bool = False) -> None:
+    """``sitk.WriteImage`` into the staging file ``target``; errors name ``path``, never the staging name.
+
+    ITK reports a full disk only as a failed write; when the folder has less free space than the image needs, the
+    error says so (as an ``OSError`` of the disk-full kind, so that batches stop on it).
+    """
+    import errno
+    import shutil
+
+    import SimpleITK as sitk
+
     try:
-        sitk.WriteImage(image, str(target), useCompression=True)
+        sitk.WriteImage(image, str(target), useCompression=compress)
     except Exception as exc:
-        raise ImageWriteError(f"cannot write: {_itk_message(exc)}", path) from exc
+        needed = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * 8
+        free = needed
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(target.parent).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, "no space left on device") from exc
+        text = _itk_message(exc).replace(str(target.parent), str(path.parent))
+        raise ImageWriteError(f"cannot write: {text}", path) from exc

@@ -32,6 +32,7 @@ import numpy as np
 
 from medseg.errors import PlanningError
 from medseg.planning.schema import FINGERPRINT_VERSION, INTENSITY_KEYS
+from medseg.utils.files import state_digest
 
 #: Foreground voxels sampled over the whole dataset for the intensity statistics.
 DEFAULT_MAX_SAMPLES = 10_000_000
@@ -68,6 +69,7 @@ def _load_case(image_paths: Sequence[str], label_path: str, multichannel: bool, 
     np.ndarray, np.ndarray, tuple[float, ...]
 ]:
     from medseg.io import check_finite, grid_differences, load_image
+    from medseg.io.align import label_on_grid
 
     arrays = []
     first = None
@@ -93,13 +95,10 @@ def _load_case(image_paths: Sequence[str], label_path: str, multichannel: bool, 
                             image_paths[0])
     label_img = load_image(label_path)
     check_finite(label_img, label_path)
+    if label_img.shape[0] != 1:
+        raise PlanningError(f"the label holds {label_img.shape[0]} channels; expected one label map", label_path)
+    label_img, _ = label_on_grid(label_img, first, label_path, PlanningError)
     label = label_img.numpy()
-    if label.shape[0] != 1 or label.shape[1:] != data.shape[1:]:
-        raise PlanningError(f"label grid {tuple(label.shape[1:])} (channels {label.shape[0]}) does not match the "
-                            f"image grid {tuple(data.shape[1:])}", label_path)
-    differences = grid_differences(label_img, first)
-    if differences:
-        raise PlanningError(f"label grid differs from the image: {'; '.join(differences)}", label_path)
     assert spacing is not None
     return data, label[0], spacing
 
@@ -332,20 +331,9 @@ def inputs_digest(manifest: Any) -> str:
     changes the digest, so a stored fingerprint is reused only for exactly the data it describes.
     """
     digest = hashlib.sha256()
-
-    def add_path(path: Path) -> None:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            try:
-                stat = file.stat()
-                digest.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            except OSError:
-                digest.update(f"{file}|missing\n".encode())
-
     for case in manifest.labelled_cases:
-        digest.update(f"case {case.id}\n".encode())
-        for path in [*manifest.image_paths(case), manifest.label_path(case)]:
-            add_path(Path(path))
+        paths = [*manifest.image_paths(case), manifest.label_path(case)]
+        digest.update(state_digest(paths, extra=f"case {case.id}\n").encode())
     return digest.hexdigest()
 
 

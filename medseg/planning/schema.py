@@ -7,16 +7,15 @@ hand-edited file fails early with a clear message instead of deep inside trainin
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from medseg.errors import PlanningError
 from medseg.planning.presets import PLAIN_CONV_UNET, PRESETS, RESIDUAL_ENCODER_UNET
+from medseg.utils.files import atomic_json, read_json
 
 #: Version of the fingerprint format written by :func:`medseg.planning.compute_fingerprint`.
 FINGERPRINT_VERSION = 1
@@ -269,28 +268,12 @@ def _read_json(path: str | os.PathLike[str], what: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise PlanningError(f"no such {what} file", path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanningError(f"cannot read the {what} file ({exc})", path) from None
-    except json.JSONDecodeError as exc:
-        raise PlanningError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", path) from None
+    return read_json(path, f"{what} file", PlanningError)
 
 
 def write_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``data`` as indented JSON, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as indented JSON, atomically (:func:`medseg.utils.files.atomic_json`)."""
+    return atomic_json(path, data)
 
 
 def load_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medseg.preprocessing.preprocess import class_locations, configuration_of, preprocess_case
+from medseg.utils.files import atomic_json, atomic_write
 
 #: Version of the cache layout; a change rebuilds every cache.
 CACHE_VERSION = 1
@@ -55,24 +56,13 @@ def plans_digest(plans: Mapping[str, Any], configuration: str) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
-def _atomic_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _atomic_bytes(path, lambda h: h.write(json.dumps(data, indent=1).encode()))
-
-
 def _load_case(image_paths: list[str], label_path: str | None) -> tuple[Any, Any]:
     import torch
     from monai.data import MetaTensor
 
+    from medseg.errors import PlanningError
     from medseg.io import check_finite, load_image
+    from medseg.io.align import label_on_grid
 
     images = [load_image(p) for p in image_paths]
     for image, path in zip(images, image_paths, strict=True):
@@ -81,7 +71,9 @@ def _load_case(image_paths: list[str], label_path: str | None) -> tuple[Any, Any
         image = images[0]
     else:
         image = MetaTensor(torch.cat([i.as_tensor() for i in images], dim=0), meta=dict(images[0].meta))
-    label = load_image(label_path) if label_path is not None else None
+    label = None
+    if label_path is not None:
+        label, _ = label_on_grid(load_image(label_path), images[0], label_path, PlanningError)
     return image, label
 
 
@@ -97,13 +89,13 @@ def preprocess_to_files(
     image, label = _load_case(image_paths, label_path)
     data, seg, properties = preprocess_case(image, plans, configuration, label)
     out = Path(folder)
-    _atomic_bytes(out / f"{case_id}.npy", lambda h: np.save(h, data))
+    atomic_write(out / f"{case_id}.npy", lambda h: np.save(h, data))
     if seg is not None:
-        _atomic_bytes(out / f"{case_id}_seg.npy", lambda h: np.save(h, seg))
+        atomic_write(out / f"{case_id}_seg.npy", lambda h: np.save(h, seg))
         values = [v for v in sorted(plans["labels"].values()) if v > 0]
         locs = {str(k): v for k, v in class_locations(seg, values).items()}
-        _atomic_bytes(out / f"{case_id}_fg.npz", lambda h: np.savez(h, **locs))
-    _write_json(out / f"{case_id}.json", properties)
+        atomic_write(out / f"{case_id}_fg.npz", lambda h: np.savez(h, **locs))
+    atomic_json(out / f"{case_id}.json", properties, indent=1, allow_nan=True)
     return case_id
 
 
@@ -180,7 +172,7 @@ def preprocess_dataset(
                 done += 1
                 if progress:
                     progress(done, len(jobs), case_id)
-    _write_json(folder / "cache.json", expected)
+    atomic_json(folder / "cache.json", expected, indent=1)
     return folder
 
 

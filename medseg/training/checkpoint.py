@@ -1,9 +1,9 @@
 """Atomic files and checkpoints loadable with ``torch.load(path, weights_only=True)``.
 
-Every file of a run folder is written to a temporary name in the same folder, flushed and fsynced, then renamed
-over the target (``os.replace``), so a process killed at any moment leaves either the old or the new file, never a
-truncated one. Temporary names start with ``.`` and end in ``.tmp<pid>``; :func:`remove_stale_temporaries` deletes
-those a killed process left behind.
+Every file of a run folder is written through :func:`medseg.utils.files.atomic_write` (a temporary name in the
+same folder, flushed, fsynced, renamed over the target), so a process killed at any moment leaves either the old or
+the new file, never a truncated one; :func:`~medseg.utils.files.remove_stale_temporaries` deletes the temporaries a
+killed process left behind.
 
 Checkpoints hold only tensors, plain containers, numbers and strings: RNG states are stored as uint8/int64 tensors
 (no numpy objects, no pickled classes), so ``weights_only=True`` loads them.
@@ -12,56 +12,19 @@ Checkpoints hold only tensors, plain containers, numbers and strings: RNG states
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from medseg.utils.files import atomic_write
+
 #: Version of the checkpoint layout.
 CHECKPOINT_VERSION = 1
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> Path:
-    """Write ``path`` through ``write(binary_handle)`` on a temporary file, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
-
-
-def atomic_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) atomically."""
-    return atomic_write(path, lambda h: h.write(text.encode()))
-
-
-def atomic_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically."""
-    return atomic_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> None:
-    """Delete temporary files (``.NAME.tmpPID``) left in ``folder`` by a killed process."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for path in folder.glob(".*.tmp*"):
-            path.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from medseg.training.checkpoint import atomic_write
+from medseg.utils.files import atomic_write
 
 
 def _eta(seconds: float) -> str:

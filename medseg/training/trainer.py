@@ -24,13 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.errors import TrainingError
+from medseg.config import read_yaml
+from medseg.errors import MedsegError, TrainingError
 from medseg.training.checkpoint import (
     CHECKPOINT_VERSION,
-    atomic_json,
-    atomic_text,
     load_checkpoint,
-    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -49,6 +47,7 @@ from medseg.training.distributed import (
 from medseg.training.loss import DeepSupervisionLoss, build_loss
 from medseg.training.progress import Progress, plot_progress
 from medseg.utils.devices import resolve_device
+from medseg.utils.files import atomic_json, atomic_text, read_json, remove_stale_temporaries
 
 FILES = ("config.yaml", "plans.json", "splits.json", "environment.json", "seed", "metrics.jsonl", "progress.png")
 
@@ -65,8 +64,8 @@ def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
     fingerprint = plans_path.parent / "fingerprint.json"
     if fingerprint.is_file():
         try:
-            recorded = json.loads(fingerprint.read_text()).get("manifest")
-        except ValueError:
+            recorded = read_json(fingerprint, "fingerprint").get("manifest")
+        except (MedsegError, AttributeError):
             recorded = None
         if recorded and Path(recorded).is_file():
             return Path(recorded)
@@ -204,17 +203,19 @@ class FoldTrainer:
             raise TrainingError("the run folder already holds a training run; pass --resume to continue it or "
                                 "choose another --out", run)
         if has_state:
-            stored_config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+            stored_config = read_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
             if _comparable_config(stored_config or {}) != _comparable_config(self._config_dict()):
                 changed = sorted(k for k in set(_comparable_config(stored_config or {})) | set(
                     _comparable_config(self._config_dict()))
                     if _comparable_config(stored_config or {}).get(k) != _comparable_config(self._config_dict()).get(k))
                 raise TrainingError(f"cannot resume: the configuration differs from the run's config.yaml "
                                     f"({', '.join(changed)})", run)
-            stored_plans = json.loads((run / "plans.json").read_text()) if (run / "plans.json").is_file() else None
+            stored_plans = read_json(run / "plans.json", "run's plans", TrainingError) \
+                if (run / "plans.json").is_file() else None
             if stored_plans != _normalised(self.plans):
                 raise TrainingError("cannot resume: the plans differ from the run's plans.json", run)
-            stored_splits = json.loads((run / "splits.json").read_text()) if (run / "splits.json").is_file() else None
+            stored_splits = read_json(run / "splits.json", "run's splits", TrainingError) \
+                if (run / "splits.json").is_file() else None
             if stored_splits is not None and stored_splits != _normalised(self.splits):
                 raise TrainingError("cannot resume: the splits differ from the run's splits.json", run)
             self.load_state(latest if latest.is_file() else final)

@@ -15,7 +15,9 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +27,8 @@ __all__ = [
     "atomic_json",
     "atomic_text",
     "atomic_write",
+    "atomic_write_many",
+    "atomic_write_via",
     "is_disk_full",
     "nesting_depth",
     "os_problem",
@@ -131,15 +135,90 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_write_via(path: str | os.PathLike[str], produce: Callable[[Path], Any]) -> Path:
+    """Write ``path`` with a library that writes files itself (nibabel, SimpleITK), atomically.
+
+    ``produce(target)`` writes ``target`` — a file of the same name in a hidden temporary folder beside ``path`` —
+    and may write companion files there (``.nhdr``/``.mhd`` data files). Every file is fsynced, the companions are
+    renamed into place first and ``path`` last, and the temporary folder is removed, whatever happens.
+
+    Raises:
+        OutputError: The folder cannot be created or written (read-only, full, no permission); names ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".medseg-write-", dir=path.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write into the output folder: {os_problem(exc)}", path.parent) from exc
+    try:
+        target = staging / path.name
+        try:
+            produce(target)
+            written = sorted(staging.iterdir(), key=lambda p: p == target)  # companions first, the named file last
+            for item in written:
+                with open(item, "rb") as handle:
+                    os.fsync(handle.fileno())
+            for item in written:
+                os.replace(item, path.parent / item.name)
+        except (OSError, MemoryError) as exc:
+            raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _fsync_folder(path.parent)
+    return path
+
+
+def atomic_write_many(contents: Mapping[str | os.PathLike[str], str | bytes]) -> list[Path]:
+    """Write several files as one: all temporary files are written and fsynced before any is renamed into place.
+
+    A full disk or any other error while writing leaves every previous file as it was, so files that belong
+    together (``metrics.csv``, ``summary.json`` and ``report.html`` of one evaluation) never disagree.
+
+    Raises:
+        OutputError: A folder cannot be created or a file cannot be written; the message names the final file.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, data in contents.items():
+            path = Path(target)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the output folder: {os_problem(exc)}", path.parent) from exc
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            staged.append((tmp, path))
+            payload = data.encode("utf-8") if isinstance(data, str) else data
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(payload)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except (OSError, MemoryError) as exc:
+                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+    except BaseException:
+        for tmp, _ in staged:
+            _remove(tmp)
+        raise
+    for folder in {path.parent for _, path in staged}:
+        _fsync_folder(folder)
+    return [path for _, path in staged]
+
+
 def atomic_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) atomically (see :func:`atomic_write`)."""
     data = text.encode("utf-8")
     return atomic_write(path, lambda h: h.write(data))
 
 
-def atomic_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> Path:
-    """Write ``data`` as JSON atomically; NaN and infinity are refused (they are not JSON)."""
-    return atomic_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+def atomic_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2, allow_nan: bool = False) -> Path:
+    """Write ``data`` as JSON atomically; NaN and infinity are refused (they are not JSON) unless ``allow_nan``."""
+    return atomic_text(path, json.dumps(data, indent=indent, allow_nan=allow_nan) + "\n")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> None:
@@ -188,12 +267,13 @@ def nesting_depth(data: Any) -> int:
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file",
-              error: type[MedsegError] = MedsegError) -> Any:
+              error: type[MedsegError] = MedsegError,
+              object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
     """Read a JSON file, raising ``error`` with one line naming the file on any problem.
 
-    Problems caught: a missing or unreadable file, text that is not UTF-8, invalid JSON (with line and column),
-    nesting deeper than :data:`MAX_JSON_DEPTH` levels (which would exhaust Python's recursion), and a file too
-    large for memory.
+    Problems caught: a missing or unreadable file, text that is not UTF-8, an empty file, invalid JSON (with line and
+    column), nesting deeper than :data:`MAX_JSON_DEPTH` levels (which would exhaust Python's recursion), and a file
+    too large for memory. ``object_pairs_hook`` is passed to :func:`json.loads` (e.g. to refuse repeated keys).
     """
     path = Path(path)
     try:
@@ -204,8 +284,10 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file",
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise error(f"the {what} is not UTF-8 text (byte {exc.start})", path) from None
+    if not text.strip():
+        raise error(f"the {what} is empty", path)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise error(f"the {what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
                     path) from None

@@ -99,7 +99,7 @@ def test_label_grid_within_tolerance(good: Path, write_nifti, label_data) -> Non
 def test_channel_grids_differ(good: Path, write_nifti, image_data) -> None:
     write_nifti(good / "c1.nii.gz", image_data(1, shape=(16, 16, 7)))
     message = _one_problem(good, Case("a", ["img.nii.gz", "c1.nii.gz"], "lab.nii.gz"), channels=2)
-    assert message.startswith("grid differs from channel 'c0' (img.nii.gz): shape (16, 16, 8) vs (16, 16, 7)")
+    assert message.startswith("grid differs from channel 'c0' (img.nii.gz); that channel vs this one: shape (16, 16, 8) vs (16, 16, 7)")
 
 
 def test_label_values_outside_set(good: Path, write_nifti, label_data) -> None:
@@ -208,7 +208,7 @@ def test_all_bad_cases_reported_in_one_run(tmp_path: Path, write_nifti, image_da
         "1 NaN voxel in the image",
         "label values outside the declared set {0, 1, 2}: 5 (16 voxels)",
     ]
-    assert by_case["grid"][0].startswith("label grid differs from the image (grid.nii.gz): shape")
+    assert by_case["grid"][0].startswith("label grid differs from the image (grid.nii.gz); image vs label: shape")
 
 
 def test_cli_check_lines_summary_and_exit_code(tmp_path: Path, write_nifti, image_data, label_data, capsys) -> None:
@@ -251,7 +251,7 @@ def test_cli_manifest_error_is_one_line(tmp_path: Path, capsys) -> None:
     rc = main(["dataset", "check", str(bad)])
     err = capsys.readouterr().err.strip()
     assert rc == 1
-    assert err == f"medseg: error: {bad}: invalid JSON at line 1, column 12: Expecting value"
+    assert err == f"medseg: error: {bad}: the manifest is not valid JSON: Expecting value at line 1, column 12"
 
 
 def test_cli_import_then_check(nnunet_raw: Path, tmp_path: Path, capsys) -> None:
@@ -288,7 +288,7 @@ def test_label_grid_vs_separate_channel_files(good: Path, write_nifti, image_dat
     write_nifti(good / "c1.nii.gz", image_data(1))
     write_nifti(good / "small.nii.gz", label_data(shape=(8, 16, 8)))
     message = _one_problem(good, Case("a", ["img.nii.gz", "c1.nii.gz"], "small.nii.gz"), channels=2)
-    assert message == "label grid differs from the image of channel 'c0' (img.nii.gz): shape (16, 16, 8) vs (8, 16, 8)"
+    assert message == "label grid differs from the image of channel 'c0' (img.nii.gz); image vs label: shape (16, 16, 8) vs (8, 16, 8)"
 
 
 def test_empty_dicom_folder(good: Path) -> None:

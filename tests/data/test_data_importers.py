@@ -22,7 +22,8 @@ def test_import_msd(msd_task: Path, tmp_path: Path) -> None:
     assert manifest.case_ids == ["liver_0", "liver_1", "liver_2", "liver_9"]
     assert manifest.image_paths("liver_0") == [msd_task / "imagesTr" / "liver_0.nii.gz"]
     data = json.loads(out.read_text())
-    assert data["cases"][0]["images"] == ["../Task03_Liver/imagesTr/liver_0.nii.gz"]
+    # outside the manifest's folder: written absolute (relative paths never climb out through '..')
+    assert data["cases"][0]["images"] == [str(msd_task / "imagesTr" / "liver_0.nii.gz")]
     assert result.manifest.case_ids == manifest.case_ids
 
 

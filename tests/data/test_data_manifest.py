@@ -97,7 +97,9 @@ def test_own_format_roundtrip_and_relative_paths(tmp_path: Path, write_json) -> 
     out = save_manifest(manifest, tmp_path / "elsewhere" / "sub" / "copy.json")
     written = json.loads(out.read_text())
     assert written["format_version"] == FORMAT_VERSION
-    assert written["cases"][0]["images"][0] == "../../ds/imagesTr/a_0000.nii.gz"
+    assert written["cases"][0]["images"][0] == str(tmp_path / "ds" / "imagesTr" / "a_0000.nii.gz")  # absolute: outside
+    inside = json.loads(save_manifest(manifest, tmp_path / "ds" / "copy.json").read_text())
+    assert inside["cases"][0]["images"][0] == "imagesTr/a_0000.nii.gz"
     assert written["labels"] == {"background": 0, "PZ": 1, "TZ": 2}
     again = load_manifest(out)
     for case in manifest.cases:
@@ -253,7 +255,8 @@ def test_bad_json_reports_line_and_column(tmp_path: Path) -> None:
     path.write_text('{\n  "name": "x",\n  "cases": [\n    {"id": "a",}\n  ]\n}\n')
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
-    assert str(info.value).startswith(f"{path}: invalid JSON at line 4, column")
+    assert str(info.value).startswith(f"{path}: the manifest is not valid JSON: ")
+    assert "at line 4, column" in str(info.value)
 
 
 def test_duplicate_json_key(tmp_path: Path) -> None:
@@ -265,7 +268,7 @@ def test_duplicate_json_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "no such file"), ("", "file is empty"), (b"\xff\xfe\x00garbage", "not UTF-8 text"), ("dir", "is a folder")],
+    [(None, "no such file"), ("", "the manifest is empty"), (b"\xff\xfe\x00garbage", "not UTF-8 text"), ("dir", "is a folder")],
 )
 def test_unreadable_manifest_files(tmp_path: Path, content: object, message: str) -> None:
     path = tmp_path / "m.json"

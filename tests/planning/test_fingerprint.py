@@ -120,13 +120,13 @@ def test_fingerprint_errors(tmp_path, mni_dataset):
     nib.save(nib.Nifti1Image(lbl[:-1], reference.affine), tmp_path / "small_seg.nii.gz")
     bad["cases"][0]["label"] = str(tmp_path / "small_seg.nii.gz")
     (tmp_path / "m.json").write_text(json.dumps(bad))
-    with pytest.raises(PlanningError, match="does not match the image grid"):
+    with pytest.raises(PlanningError, match=r"label grid differs from the image; image vs label: shape"):
         compute_fingerprint(tmp_path / "m.json", workers=1)
     # a label with the right shape but another spacing
     nib.save(nib.Nifti1Image(lbl, np.eye(4)), tmp_path / "spaced_seg.nii.gz")
     bad["cases"][0]["label"] = str(tmp_path / "spaced_seg.nii.gz")
     (tmp_path / "m.json").write_text(json.dumps(bad))
-    with pytest.raises(PlanningError, match=r"label grid differs from the image: spacing"):
+    with pytest.raises(PlanningError, match=r"label grid differs from the image; image vs label: spacing"):
         compute_fingerprint(tmp_path / "m.json", workers=1)
     # no labelled case
     unl = dict(manifest, cases=[{"id": "a", "images": [str(root / "mni_a_t1.nii.gz")]}])
