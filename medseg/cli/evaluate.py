@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-_METRICS_HELP = "Metrics, comma-separated: dice, iou, hd, hd95, assd, nsd (definitions: medseg/evaluation/METRICS.md)."
+from medseg.evaluation.metric_table import DEFAULT_METRICS, metric_help, metric_spec
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
             help="Labels to evaluate: values (1,2), manifest names (liver,spleen) or name=value. "
             "Default: the manifest's foreground labels, or every non-zero value found.",
         ),
-        metrics: str = typer.Option("dice,iou,hd,hd95,assd,nsd", "--metrics", help=_METRICS_HELP),
+        metrics: str = typer.Option(",".join(DEFAULT_METRICS), "--metrics", help=metric_help()),
         nsd_tolerance_mm: str = typer.Option(
             "1,2", "--nsd-tolerance-mm", help="NSD tolerances in mm, comma-separated."
         ),
@@ -140,7 +140,8 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"{len(result.cases)} cases: mean ± std per class", show_header=True)
         table.add_column("class")
         for key in result.metric_keys:
-            table.add_column(key, justify="right")
+            unit = metric_spec(key).unit
+            table.add_column(f"{key} ({unit})" if unit else key, justify="right")
         for col in ("missed", "false pos.", "both empty"):
             table.add_column(col, justify="right")
         for value, name in result.labels.items():

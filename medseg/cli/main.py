@@ -10,6 +10,8 @@ the command line) shows the traceback instead. Usage errors exit with code 2. Co
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -86,10 +88,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        text = " ".join(str(exc).split()) or "no message"
-        _err(f"{type(exc).__name__}: {text} (run again with --debug for the traceback)")
+        _err(_describe_unexpected(exc, args))
         return 1
     return 0
+
+
+_TEMPORARY = re.compile(r"(^|/)\.([^/]+?)\.tmp\d*$")
+
+
+def _user_path(args: Sequence[str]) -> str:
+    """The first argument naming an existing file or folder (the input the command was working on)."""
+    for arg in args:
+        if not arg.startswith("-") and os.path.exists(arg):
+            return arg
+    return f"medseg {args[0]}" if args else "medseg"
+
+
+def _describe_unexpected(exc: BaseException, args: Sequence[str]) -> str:
+    """One line for an error medseg did not anticipate, naming the user's file where one is known.
+
+    Operating-system errors name their own file (a temporary name is shown as the file it stands for); running out
+    of memory or recursion depth names the command's input.
+    """
+    from medseg.utils.files import os_problem
+
+    if isinstance(exc, OSError):
+        name = exc.filename if isinstance(exc.filename, str) else None
+        if name:
+            name = _TEMPORARY.sub(r"\1\2", name)
+        return f"{name or _user_path(args)}: {os_problem(exc)}"
+    if isinstance(exc, MemoryError):
+        return f"{_user_path(args)}: not enough memory for this input"
+    if isinstance(exc, RecursionError):
+        return f"{_user_path(args)}: the input nests too deeply to process"
+    text = " ".join(str(exc).split())[:300] or "no message"
+    return f"{_user_path(args)}: {type(exc).__name__}: {text} (run again with --debug for the traceback)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.errors import EvaluationError
+from medseg.evaluation.metric_table import metric_spec
 from medseg.evaluation.metrics import (
     METRIC_NAMES,
     STATUS_BOTH_EMPTY,
@@ -818,6 +819,7 @@ def summarize(result: EvaluationResult) -> dict[str, Any]:
             "missing": result.pairing.missing,
             "resample_to_ref": result.resample_to_ref,
         },
+        "metrics": {k: metric_spec(k).to_dict() for k in result.metric_keys},
         "definitions": {
             "surface": "border voxels (foreground with a face-neighbour in the background); distances between "
             "border-voxel centres in mm (exact Euclidean distance transform with the voxel spacing)",

@@ -31,14 +31,14 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-#: Metric names accepted by :func:`compute_metrics` (``nsd`` yields one value per tolerance).
-METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "hd", "hd95", "assd", "nsd")
+from medseg.evaluation.metric_table import METRICS
+
+#: Metric names accepted by :func:`compute_metrics` (``nsd`` yields one value per tolerance), from :data:`METRICS`.
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 #: Metrics that need surface distances.
-SURFACE_METRICS: frozenset[str] = frozenset({"hd", "hd95", "assd", "nsd"})
+SURFACE_METRICS: frozenset[str] = frozenset(m.name for m in METRICS if m.surface)
 #: Column/key name of each scalar metric (nnU-Net spells ``Dice`` and ``IoU`` this way).
-METRIC_KEYS: dict[str, str] = {"dice": "Dice", "iou": "IoU", "hd": "HD", "hd95": "HD95", "assd": "ASSD"}
-#: Whether a larger value is better, per metric key prefix.
-HIGHER_IS_BETTER: dict[str, bool] = {"Dice": True, "IoU": True, "NSD": True, "HD": False, "HD95": False, "ASSD": False}
+METRIC_KEYS: dict[str, str] = {m.name: m.key for m in METRICS if m.name != "nsd"}
 
 #: Boxes up to this many voxels get their distances from a Euclidean distance transform, larger ones from a k-d tree
 #: over the border voxels (identical values; see :func:`_nearest`).
@@ -56,11 +56,6 @@ Pooling = Literal["max", "pooled"]
 def nsd_key(tolerance_mm: float) -> str:
     """Column/key name of NSD at a tolerance, e.g. ``NSD_1mm``, ``NSD_0.5mm``."""
     return f"NSD_{float(tolerance_mm):g}mm"
-
-
-def metric_prefix(key: str) -> str:
-    """``Dice``/``IoU``/``HD``/``HD95``/``ASSD``/``NSD`` for a metric key (``NSD_2mm`` → ``NSD``)."""
-    return "NSD" if key.startswith("NSD_") else key
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:

@@ -26,19 +26,17 @@ from medseg.evaluation.evaluate import (
     read_label_map,
     summarize,
 )
+from medseg.evaluation.metric_table import metric_spec
 from medseg.evaluation.metrics import (
-    HIGHER_IS_BETTER,
     STATUS_BOTH_EMPTY,
     STATUS_FALSE_POSITIVE,
     STATUS_MISSED,
-    metric_prefix,
 )
 
 #: What to install when matplotlib is missing.
 REPORT_EXTRA_HINT = "the HTML report needs matplotlib: pip install 'medseg[report]'"
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-_DISTANCE_UNITS = {"HD": "mm", "HD95": "mm", "ASSD": "mm"}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1b1b1b;max-width:1400px}
@@ -153,15 +151,14 @@ def metric_plot(result: EvaluationResult, key: str, salt: str) -> str:
             ax.scatter(x[~empty], values[~empty], s=12, color=_color(i), alpha=0.75, linewidths=0, zorder=3)
             if empty.any():
                 ax.scatter(x[empty], values[empty], s=28, color="#d62728", marker="x", zorder=4, label="one mask empty")
-        prefix = metric_prefix(key)
-        if prefix in _DISTANCE_UNITS and any(e.any() for e in one_empty):
+        spec = metric_spec(key)
+        if spec.unit == "mm" and any(e.any() for e in one_empty):
             ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels([_label(result, v) for v in labels], rotation=30 if len(labels) > 4 else 0, ha="right"
                            if len(labels) > 4 else "center")
-        unit = _DISTANCE_UNITS.get(prefix, "")
-        better = "higher is better" if HIGHER_IS_BETTER.get(prefix, True) else "lower is better"
-        ax.set_title(f"{key}{f' ({unit})' if unit else ''} — {better}")
+        better = "higher is better" if spec.higher_is_better else "lower is better"
+        ax.set_title(f"{key}{f' ({spec.unit})' if spec.unit else ''} — {better}")
         ax.grid(axis="y", alpha=0.3)
         handles, names = ax.get_legend_handles_labels()
         if handles:

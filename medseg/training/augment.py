@@ -10,7 +10,8 @@ step                      implementation
 rotation + scaling        MONAI ``Affine`` (one resampling, centred, output = final patch; image bilinear, labels
                           nearest), rotation with p 0.2, scaling with p 0.2; otherwise a centre crop. The input is
                           the larger initial patch (:func:`initial_patch_size`), so rotated corners hold data.
-gaussian noise            p 0.1, variance U(0, 0.1), same σ for all channels
+gaussian noise            p 0.1, σ U(0, 0.1) — nnU-Net's ``noise_variance`` draw is used as the standard
+                          deviation itself — same σ for all channels
 gaussian blur             p 0.2, per channel p 0.5, σ U(0.5, 1) per axis (MONAI ``GaussianSmooth``)
 brightness                p 0.15, per channel multiplier from (0.75, 1.25)
 contrast                  p 0.15, per channel ``(x - mean) · f + mean`` clipped to the channel's range
@@ -97,6 +98,15 @@ def _bg_factor(rng: np.random.Generator, low: float, high: float) -> float:
     return float(rng.uniform(max(low, 1.0), high))
 
 
+def noise_sigma(config: AugmentationConfig, rng: np.random.Generator) -> float:
+    """The gaussian-noise standard deviation of one sample: nnU-Net's draw from ``noise_variance`` used as σ itself.
+
+    nnU-Net names the range a variance but passes the drawn value as the standard deviation (batchgenerators'
+    ``augment_gaussian_noise``, ``GaussianNoiseTransform(noise_variance=(0, 0.1))``), so σ is at most 0.1, not √0.1.
+    """
+    return float(rng.uniform(*config.noise_variance))
+
+
 class Augmenter:
     """Transform one sample ``(C, *initial_patch)`` image and ``(1, *initial_patch)`` labels to the final patch.
 
@@ -151,7 +161,7 @@ class Augmenter:
         channels = image.shape[0]
         image = image.clone()
         if rng.random() < cfg.p_noise:
-            sigma = math.sqrt(float(rng.uniform(*cfg.noise_variance)))
+            sigma = noise_sigma(cfg, rng)
             noise = rng.normal(0.0, sigma, size=tuple(image.shape)).astype(np.float32)
             image += torch.from_numpy(noise)
         if rng.random() < cfg.p_blur:

@@ -25,8 +25,9 @@ class AugmentationConfig:
         rotation_degrees: Rotation range; 180 for 2D and for "dummy 2D" (anisotropic patches).
         p_scaling: Probability of an isotropic scaling.
         scaling: Scale factor range.
-        p_noise: Probability of additive gaussian noise; variance uniform in ``noise_variance``.
-        noise_variance: Noise variance range.
+        p_noise: Probability of additive gaussian noise; its standard deviation is drawn uniformly from
+            ``noise_variance``.
+        noise_variance: nnU-Net's name and range (0, 0.1); as in nnU-Net the drawn value is the standard deviation.
         p_blur: Probability of gaussian blurring; then per channel with ``p_blur_per_channel``.
         blur_sigma: Blur sigma range (drawn per axis).
         p_blur_per_channel: Per-channel probability once blurring is chosen.

@@ -49,6 +49,9 @@ from medseg.training.progress import Progress, plot_progress
 from medseg.utils.devices import resolve_device
 from medseg.utils.files import atomic_json, atomic_text, read_json, remove_stale_temporaries
 
+#: The sliding window's precision for the training's autocast dtype.
+_PRECISION = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
 FILES = ("config.yaml", "plans.json", "splits.json", "environment.json", "seed", "metrics.jsonl", "progress.png")
 
 
@@ -78,6 +81,39 @@ def build_model(plans_cfg: dict[str, Any], config: TrainConfig) -> nn.Module:
     from medseg.models import create_model_from_plans
 
     return create_model_from_plans(plans_cfg["model"], config.model, config.model_kwargs, config.deep_supervision)
+
+
+def _check_batch_norm_at_batch_one(plans_cfg: dict[str, Any], config: TrainConfig, patch: Sequence[int]) -> None:
+    """Refuse, before any training, a network whose normalisation would see one value per channel at batch size 1.
+
+    Batch normalisation in training needs more than one value per channel; with one sample per process, a branch
+    that pools to 1×1(×1) (PSPNet's and DeepLab's image pooling, the deepest stage of a network on a small patch)
+    has exactly one, and torch stops at the first step (instance normalisation likewise on any 1×1×1 map). A forward
+    pass on the meta device (no memory, no arithmetic) at the training patch finds such a layer.
+
+    Raises:
+        TrainingError: The network cannot train with one sample per process; the message says what to change.
+    """
+    model_name = config.model or str(plans_cfg["model"]["name"])
+    try:
+        with torch.device("meta"):
+            probe = build_model(plans_cfg, config)
+    except (RuntimeError, NotImplementedError):  # a constructor that computes with tensors (MONAI's Swin UNETR)
+        probe = build_model(plans_cfg, config).to("meta")
+    channels = int(plans_cfg["model"]["in_channels"])
+    probe.train()
+    try:
+        probe(torch.empty(1, channels, *patch, device="meta"))
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" in str(exc):
+            raise TrainingError(f"model {model_name!r} uses batch normalisation on a 1×1 feature map (a pooling "
+                                "branch), which cannot train with one sample per process; set batch_size to 2 or "
+                                "more per process (--set batch_size=2), or choose a model with instance "
+                                "normalisation") from None
+    except MedsegError:  # the network's own check of what it can take (e.g. instance norm on 1×1×1 maps)
+        raise
+    except Exception:  # a network that cannot run on the meta device is not refused here
+        return
 
 
 def _normalised(data: Any) -> Any:
@@ -156,6 +192,8 @@ class FoldTrainer:
         if divisor is not None and any(p % d for p, d in zip(self.patch, divisor, strict=True)):
             raise TrainingError(f"patch size {self.patch} is not a multiple of the model's input divisor "
                                 f"{list(divisor)}")
+        if self.local_batch == 1:
+            _check_batch_norm_at_batch_one(self.cfg, config, self.patch)
         self.network: nn.Module = self.model
         if info.distributed:
             ids = [device.index] if device.type == "cuda" else None
@@ -447,45 +485,23 @@ class FoldTrainer:
 
     @torch.no_grad()
     def predict_case(self, data: np.ndarray) -> np.ndarray:
-        """Label map of a preprocessed case ``(C, *spatial)`` by gaussian sliding window (and mirroring TTA)."""
-        from monai.inferers import sliding_window_inference
+        """Label map of a preprocessed case ``(C, *spatial)``: the predictor's own sliding window.
 
+        :class:`~medseg.inference.sliding_window.SlidingWindowPredictor` (gaussian weighting, step ``1 -
+        sw_overlap``, mirroring over every axis when ``val_mirroring``) — the code ``medseg predict`` runs, so the
+        validation Dice is the Dice of what prediction would produce.
+        """
+        from medseg.inference.sliding_window import SlidingWindowPredictor
         from medseg.models.adapters import volume_windows
 
-        self.model.eval()
         # the 2d configuration predicts slice by slice: one-slice windows, mirrored over the in-plane axes
         model, patch, mirror_axes = volume_windows(self.model, self.patch, range(len(self.patch)))
-        image = torch.from_numpy(np.ascontiguousarray(data))[None].to(self.device)
-        spatial = image.shape[2:]
-        pad = [max(p - s, 0) for p, s in zip(patch, spatial, strict=True)]
-        if any(pad):
-            flat = []
-            for p in reversed(pad):
-                flat += [p // 2, p - p // 2]
-            image = torch.nn.functional.pad(image, flat)
-
-        def predictor(x: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                out = model(x)
-            return out.float()
-
-        flips: list[tuple[int, ...]] = [()]
-        if self.config.val_mirroring:
-            flips = [tuple(a + 2 for i, a in enumerate(mirror_axes) if mask >> i & 1)
-                     for mask in range(2 ** len(mirror_axes))]
-        probs = torch.zeros((1, self.num_classes, *image.shape[2:]), device=self.device)
-        for axes in flips:
-            x = torch.flip(image, axes) if axes else image
-            logits = sliding_window_inference(x, patch, self.config.sw_batch_size, predictor,
-                                              overlap=self.config.sw_overlap, mode="gaussian", sigma_scale=0.125)
-            p = torch.softmax(torch.as_tensor(logits).float(), 1)
-            probs += torch.flip(p, axes) if axes else p
-        if any(pad):
-            slicer = [slice(None), slice(None)]
-            for p, s in zip(pad, spatial, strict=True):
-                slicer.append(slice(p // 2, p // 2 + s))
-            probs = probs[tuple(slicer)]
-        return probs.argmax(1)[0].cpu().numpy().astype(np.int16)
+        window = SlidingWindowPredictor([model], patch, step=1.0 - self.config.sw_overlap,
+                                        mirror_axes=mirror_axes if self.config.val_mirroring else (),
+                                        device=self.device, precision=_PRECISION[self.amp_dtype],
+                                        batch_size=self.config.sw_batch_size)
+        logits = window.predict(np.ascontiguousarray(data))
+        return logits.argmax(0).cpu().numpy().astype(np.int16)
 
     def final_validation(self) -> dict[str, Any]:
         """Predict the fold's validation cases (spread over the ranks); rank 0 writes ``validation/summary.json``."""
@@ -515,8 +531,8 @@ class FoldTrainer:
             "configuration": self.configuration,
             "fold": self.spec.fold,
             "space": "preprocessed (plans spacing, cropped to nonzero)",
-            "sliding_window": {"overlap": self.config.sw_overlap, "mode": "gaussian", "sigma_scale": 0.125,
-                               "mirroring": self.config.val_mirroring},
+            "sliding_window": {"step": 1.0 - self.config.sw_overlap, "mode": "gaussian", "sigma_scale": 0.125,
+                               "mirroring": self.config.val_mirroring, "implementation": "medseg predict's"},
             "cases": cases,
             "mean_dice": mean,
             "foreground_mean_dice": float(np.mean(finite)) if finite else None,

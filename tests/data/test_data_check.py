@@ -99,7 +99,8 @@ def test_label_grid_within_tolerance(good: Path, write_nifti, label_data) -> Non
 def test_channel_grids_differ(good: Path, write_nifti, image_data) -> None:
     write_nifti(good / "c1.nii.gz", image_data(1, shape=(16, 16, 7)))
     message = _one_problem(good, Case("a", ["img.nii.gz", "c1.nii.gz"], "lab.nii.gz"), channels=2)
-    assert message.startswith("grid differs from channel 'c0' (img.nii.gz); that channel vs this one: shape (16, 16, 8) vs (16, 16, 7)")
+    assert message.startswith("grid differs from channel 'c0' (img.nii.gz); that channel vs this one: "
+                              "shape (16, 16, 8) vs (16, 16, 7)")
 
 
 def test_label_values_outside_set(good: Path, write_nifti, label_data) -> None:
@@ -288,7 +289,8 @@ def test_label_grid_vs_separate_channel_files(good: Path, write_nifti, image_dat
     write_nifti(good / "c1.nii.gz", image_data(1))
     write_nifti(good / "small.nii.gz", label_data(shape=(8, 16, 8)))
     message = _one_problem(good, Case("a", ["img.nii.gz", "c1.nii.gz"], "small.nii.gz"), channels=2)
-    assert message == "label grid differs from the image of channel 'c0' (img.nii.gz); image vs label: shape (16, 16, 8) vs (8, 16, 8)"
+    assert message == ("label grid differs from the image of channel 'c0' (img.nii.gz); image vs label: "
+                       "shape (16, 16, 8) vs (8, 16, 8)")
 
 
 def test_empty_dicom_folder(good: Path) -> None:

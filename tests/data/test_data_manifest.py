@@ -268,7 +268,8 @@ def test_duplicate_json_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "no such file"), ("", "the manifest is empty"), (b"\xff\xfe\x00garbage", "not UTF-8 text"), ("dir", "is a folder")],
+    [(None, "no such file"), ("", "the manifest is empty"), (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+     ("dir", "is a folder")],
 )
 def test_unreadable_manifest_files(tmp_path: Path, content: object, message: str) -> None:
     path = tmp_path / "m.json"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -269,10 +268,10 @@ def test_matches_monai(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Scale: small objects in a large volume stay fast and memory-bounded
+# Scale: small objects in a large volume stay memory-bounded (timings live in benchmarks/, not in tests)
 
 
-def test_large_volume_small_objects_fast() -> None:
+def test_large_volume_small_objects_memory_bounded() -> None:
     shape, spacing = (256, 256, 200), (0.7, 0.7, 1.5)
     ref = np.zeros(shape, bool)
     pred = np.zeros(shape, bool)
@@ -280,26 +279,20 @@ def test_large_volume_small_objects_fast() -> None:
     pred[101:113, 121:131, 90:99] = True
     ref[200:204, 30:34, 10:13] = True  # a second small component far away: the box grows, stays sparse
     tracemalloc.start()
-    start = time.perf_counter()
     out = M.compute_metrics(pred, ref, spacing)
-    elapsed = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert out["status"] == "ok" and 0 < out["Dice"] < 1
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
     # one boolean copy of the volume (the union) plus the box's distance maps: far below a float copy of the volume
     assert peak < 8 * ref.size, f"peak {peak / 1e6:.0f} MB"
 
 
-def test_large_organ_box_is_fast() -> None:
-    """A liver-sized cube pair (120 × 120 × 150 voxels, a 2.2 M-voxel box) takes the k-d tree path."""
+def test_large_organ_box_is_exact() -> None:
+    """A liver-sized cube pair (120 × 120 × 150 voxels, a 2.2 M-voxel box) takes the k-d tree path, exactly."""
     shape = (160, 160, 170)
     ref, pred = cube(shape, (10, 10, 10), (120, 120, 150)), cube(shape, (13, 10, 12), (120, 120, 150))
-    start = time.perf_counter()
     out = M.compute_metrics(pred, ref, (0.8, 0.8, 1.0))
-    elapsed = time.perf_counter() - start
     assert out["HD"] == pytest.approx(np.hypot(3 * 0.8, 2 * 1.0))  # corner (10, 10, 10) to corner (13, 10, 12)
-    assert elapsed < 5.0, f"{elapsed:.2f} s"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
