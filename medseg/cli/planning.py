@@ -72,37 +72,41 @@ def _plans_summary(plans: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from medseg.preprocessing import configuration_of
+
     console = Console()
     console.print(
         f"plans for {plans.get('dataset_name') or 'dataset'}: preset {plans.get('preset', 'default')} "
         f"({plans.get('plans_identifier', 'medsegPlans')}), GPU memory target {plans['gpu_memory_gb']:g} GB, "
         f"transpose {plans['transpose_forward']}"
     )
-    for name, cfg in plans["configurations"].items():
-        topo = cfg["topology"]
+    for name in plans["configurations"]:
+        cfg = configuration_of(plans, name)
+        topo = cfg.topology
         table = Table(title=name, show_header=False)
         table.add_column("property")
         table.add_column("value")
-        table.add_row("spacing (mm)", _fmt(cfg["spacing"]))
-        table.add_row("median shape", _fmt([round(v) for v in cfg["median_image_size_in_voxels"]]))
-        table.add_row("patch size", _fmt(cfg["patch_size"]))
-        table.add_row("batch size", str(cfg["batch_size"]))
-        table.add_row("stages", str(topo["n_stages"]))
-        table.add_row("poolings per axis", _fmt(topo.get("num_pool_per_axis", [])))
-        table.add_row("kernel sizes", " ".join("×".join(map(str, k)) for k in topo["kernel_sizes"]))
-        table.add_row("features", " ".join(map(str, topo["features_per_stage"])))
-        if "n_blocks_per_stage" in topo:
-            table.add_row("residual blocks", " ".join(map(str, topo["n_blocks_per_stage"])))
-        table.add_row("data identifier", str(cfg["data_identifier"]))
+        table.add_row("spacing (mm)", _fmt(cfg.spacing))
+        table.add_row("median shape", _fmt([round(v) for v in cfg.median_image_size_in_voxels]))
+        table.add_row("patch size", _fmt(cfg.patch_size))
+        table.add_row("batch size", str(cfg.batch_size))
+        table.add_row("stages", str(topo.n_stages))
+        table.add_row("poolings per axis", _fmt(topo.num_pool_per_axis))
+        table.add_row("kernel sizes", " ".join("×".join(map(str, k)) for k in topo.kernel_sizes))
+        table.add_row("features", " ".join(map(str, topo.features_per_stage)))
+        if topo.n_blocks_per_stage is not None:
+            table.add_row("residual blocks", " ".join(map(str, topo.n_blocks_per_stage)))
+        table.add_row("data identifier", cfg.data_identifier)
         norm = ", ".join(
             f"{n['name']}: {n['scheme']}"
             + (" (nonzero mask)" if n.get("use_mask_for_norm") else "")
             + (f" (clip {n['clip_lower']:.4g}..{n['clip_upper']:.4g})" if "clip_lower" in n else "")
-            for n in cfg["normalization"]
+            for n in cfg.normalization
         )
         table.add_row("normalisation", norm)
-        table.add_row("model", cfg["model"]["name"])
-        links = [f"{k} {cfg[k]}" for k in ("previous_stage", "next_stage") if k in cfg]
+        table.add_row("model", cfg.model.name)
+        links = [f"{k.replace('_', ' ')} {v}" for k, v in (("previous_stage", cfg.previous_stage),
+                                                           ("next_stage", cfg.next_stage)) if v]
         if links:
             table.add_row("cascade", ", ".join(links))
         console.print(table)

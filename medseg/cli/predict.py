@@ -82,23 +82,26 @@ def register(app: typer.Typer) -> None:
         from medseg.inference import Predictor, discover_cases, load_folds, run_batch
 
         cases, input_manifest = discover_cases(input_path)
-        loaded = load_folds(models, fold_list, checkpoint)
-        predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
-                              stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
-        names = predictor.label_names
-        if manifest is not None:
-            from medseg.data import load_manifest
+        from medseg.utils.files import FolderLock
 
-            names = load_manifest(manifest).label_names
-        elif input_manifest is not None:
-            names = input_manifest.label_names
-        settings = {
-            "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
-            "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
-        }
-        typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
-        summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,
-                            label_names=names, settings=settings, progress=progress, wait=wait)
+        with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
+            loaded = load_folds(models, fold_list, checkpoint)
+            predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
+                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
+            names = predictor.label_names
+            if manifest is not None:
+                from medseg.data import load_manifest
+
+                names = load_manifest(manifest).label_names
+            elif input_manifest is not None:
+                names = input_manifest.label_names
+            settings = {
+                "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
+                "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
+            }
+            typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
+            summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,
+                                label_names=names, settings=settings, progress=progress, wait=wait)
         for line in summary.lines():
             typer.echo(line)
         raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed else 0)

@@ -11,7 +11,7 @@ Inference never imports :mod:`medseg.training`.
 
 from medseg.inference.batch import BatchSummary, CaseInput, discover_cases, run_batch
 from medseg.inference.ledger import Ledger
-from medseg.inference.predictor import FoldModel, Prediction, Predictor, build_network, load_folds
+from medseg.inference.predictor import FoldModel, Prediction, Predictor, load_folds
 from medseg.inference.resample import export_segmentation, resample_to_shape
 from medseg.inference.sliding_window import (
     SlidingWindowPredictor,
@@ -27,7 +27,6 @@ __all__ = [
     "Prediction",
     "Predictor",
     "SlidingWindowPredictor",
-    "build_network",
     "compute_gaussian",
     "compute_steps_for_sliding_window",
     "discover_cases",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,26 +31,6 @@ from medseg.inference.resample import export_segmentation
 from medseg.inference.sliding_window import Precision, SlidingWindowPredictor, SlidingWindowStats, resolve_device
 
 CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
-
-
-def build_network(plans_cfg: Mapping[str, Any], model: str | None = None,
-                  model_kwargs: Mapping[str, Any] | None = None, deep_supervision: bool = True) -> nn.Module:
-    """The network of a plans configuration, as ``medseg train`` builds it.
-
-    Args:
-        plans_cfg: The plans configuration (with its ``model`` entry: ``name``, ``spatial_dims``, ``in_channels``,
-            ``out_channels``, ``kwargs``).
-        model: Registry model instead of the plans' model.
-        model_kwargs: Overrides of the plans' keyword arguments (only those the model accepts are taken from the
-            plans).
-        deep_supervision: Whether training asked for deep supervision (heads exist only when the model supports it).
-
-    Returns:
-        The model, freshly initialised.
-    """
-    from medseg.models import create_model_from_plans
-
-    return create_model_from_plans(plans_cfg["model"], model, model_kwargs, deep_supervision)
 
 
 @dataclass
@@ -119,14 +99,16 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
         raise InferenceError(f"cannot read the checkpoint: {' '.join(str(exc).split())[:200]}", path) from exc
     configuration = str(state.get("configuration", config.get("configuration", "3d_fullres")))
     cfg = configuration_of(plans, configuration)
-    model = build_network(cfg, config.get("model") or state.get("model_name") or None,
-                          config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)))
+    from medseg.models import create_model_from_plans
+
+    model = create_model_from_plans(cfg.model.as_dict(), config.get("model") or state.get("model_name") or None,
+                                    config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
         raise InferenceError(f"the checkpoint does not fit the network the plans describe: {exc}", path) from exc
     model.eval()
-    patch = [int(p) for p in (config.get("patch_size") or cfg["patch_size"])]
+    patch = [int(p) for p in (config.get("patch_size") or cfg.patch_size)]
     augmentation = config.get("augmentation") or {}
     mirrored = bool(augmentation.get("enabled", True)) and bool(augmentation.get("mirror", True))
     mirror_axes = list(range(len(patch))) if mirrored else []
@@ -157,11 +139,14 @@ def load_folds(run_dirs: Sequence[str | Path], folds: Sequence[int] | None = Non
 
 def _preprocessing_key(fold: FoldModel) -> str:
     from medseg.preprocessing import configuration_of
+    from medseg.preprocessing.plans_view import plain
 
     cfg = configuration_of(fold.plans, fold.configuration)
-    keys = ("spacing", "transpose_forward", "transpose_backward", "normalization", "resampling")
-    return json.dumps({"cfg": {k: cfg.get(k) for k in keys}, "patch": fold.patch_size,
-                       "classes": cfg["model"]["out_channels"]}, sort_keys=True)
+    preprocessing = {"spacing": cfg.spacing, "transpose_forward": cfg.transpose_forward,
+                     "transpose_backward": cfg.transpose_backward, "normalization": cfg.normalization,
+                     "resampling": cfg.resampling}
+    return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes},
+                      sort_keys=True)
 
 
 def largest_component_per_class(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
@@ -257,12 +242,12 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         """Output classes (including background)."""
-        return int(self.cfg["model"]["out_channels"])
+        return self.cfg.num_classes
 
     @property
     def label_names(self) -> dict[int, str]:
         """Label value → name from the plans."""
-        return {int(v): str(k) for k, v in self.plans.get("labels", {}).items()}
+        return self.cfg.label_names
 
     def prepare(self, case_id: str, image: Any) -> PreparedCase:
         """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the run's plans say."""
@@ -270,7 +255,7 @@ class Predictor:
         from medseg.preprocessing import preprocess_case
 
         where = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
-        expected = len(self.cfg["normalization"])
+        expected = self.cfg.num_channels
         require_3d(image, where, channels=expected)
         check_finite(image, where)
         start = time.perf_counter()
@@ -289,7 +274,7 @@ class Predictor:
         seconds["predict"] = time.perf_counter() - start
         start = time.perf_counter()
         resample_device = self.device if self.device.type == "cuda" else values.device
-        exported = export_segmentation(values, case.properties, self.cfg.get("resampling"),
+        exported = export_segmentation(values, case.properties, self.cfg.resampling,
                                        kind=self.window.output_kind, device=resample_device,
                                        probabilities=probabilities)
         del values

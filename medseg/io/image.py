@@ -21,6 +21,7 @@ Voxels are kept in the order they are stored (no reorientation); the affine says
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,11 @@ def _read_nifti(path: Path) -> MetaTensor:
     proxy = img.dataobj
     try:
         raw = np.asarray(proxy.get_unscaled())  # type: ignore[union-attr]
+    except MemoryError:
+        shape = tuple(int(s) for s in img.shape)
+        size = float(np.prod(shape, dtype=np.float64)) * img.get_data_dtype().itemsize
+        raise ImageReadError(f"the header declares {' × '.join(map(str, shape))} voxels ({size / 2**30:,.1f} GiB), "
+                             "more than this machine's memory (a corrupt header?)", path) from None
     except Exception as exc:
         raise ImageReadError(f"cannot read the voxel data: {_describe_read_failure(exc, path)}", path) from exc
     slope = float(getattr(proxy, "slope", 1.0))
@@ -282,7 +288,8 @@ def _itk_message(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     useful = [line for line in lines if "Description:" in line or "ERROR" in line.upper()]
     text = (useful or lines or [type(exc).__name__])[-1]
-    return text.replace("Description:", "").strip()[:300]
+    text = re.sub(r"ITK ERROR:\s*\w*\(0x[0-9a-fA-F]+\):\s*", "", text.replace("Description:", ""))
+    return text.strip()[:300]
 
 
 def check_finite(image: torch.Tensor, path: str | Path | None = None) -> None:

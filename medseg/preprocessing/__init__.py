@@ -10,11 +10,11 @@ from medseg.preprocessing.cache import (
     plans_digest,
     preprocess_dataset,
 )
+from medseg.preprocessing.plans_view import Configuration, ModelEntry, configuration_of, label_names
 from medseg.preprocessing.preprocess import (
     OUTSIDE_LABEL,
     bounding_box,
     class_locations,
-    configuration_of,
     nonzero_mask,
     normalize_channel,
     preprocess_case,
@@ -31,11 +31,14 @@ from medseg.preprocessing.resampling import (
 __all__ = [
     "CACHE_VERSION",
     "OUTSIDE_LABEL",
+    "Configuration",
+    "ModelEntry",
     "bounding_box",
     "cache_is_valid",
     "class_locations",
     "compute_new_shape",
     "configuration_of",
+    "label_names",
     "load_cached_case",
     "nonzero_mask",
     "normalize_channel",

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.preprocessing.preprocess import class_locations, configuration_of, preprocess_case
+from medseg.preprocessing.plans_view import configuration_of, label_names, plain
+from medseg.preprocessing.preprocess import class_locations, preprocess_case
 from medseg.utils.files import atomic_json, atomic_write
 
 #: Version of the cache layout; a change rebuilds every cache.
@@ -45,13 +46,13 @@ def plans_digest(plans: Mapping[str, Any], configuration: str) -> str:
     cfg = configuration_of(plans, configuration)
     relevant = {
         "cache_version": CACHE_VERSION,
-        "spacing": cfg["spacing"],
-        "transpose_forward": cfg["transpose_forward"],
-        "normalization": cfg["normalization"],
-        "resampling": cfg.get("resampling"),
-        "spatial_dims": cfg["spatial_dims"],
-        "channels": plans.get("channels"),
-        "labels": plans.get("labels"),
+        "spacing": plain(cfg.spacing),
+        "transpose_forward": plain(cfg.transpose_forward),
+        "normalization": plain(cfg.normalization),
+        "resampling": plain(cfg.resampling) or None,
+        "spatial_dims": cfg.spatial_dims,
+        "channels": plain(cfg.channels) or None,
+        "labels": plain(cfg.labels) or None,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
@@ -92,7 +93,7 @@ def preprocess_to_files(
     atomic_write(out / f"{case_id}.npy", lambda h: np.save(h, data))
     if seg is not None:
         atomic_write(out / f"{case_id}_seg.npy", lambda h: np.save(h, seg))
-        values = [v for v in sorted(plans["labels"].values()) if v > 0]
+        values = [v for v in sorted(label_names(plans)) if v > 0]
         locs = {str(k): v for k, v in class_locations(seg, values).items()}
         atomic_write(out / f"{case_id}_fg.npz", lambda h: np.savez(h, **locs))
     atomic_json(out / f"{case_id}.json", properties, indent=1, allow_nan=True)
@@ -138,7 +139,7 @@ def preprocess_dataset(
     from medseg.planning.fingerprint import inputs_digest
 
     cfg = configuration_of(plans, configuration)
-    folder = Path(out_dir) / str(cfg["data_identifier"])
+    folder = Path(out_dir) / cfg.data_identifier
     cases = manifest.labelled_cases
     expected = {
         "cache_version": CACHE_VERSION,

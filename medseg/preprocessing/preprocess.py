@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import PlanningError
+from medseg.preprocessing.plans_view import Configuration, configuration_of
 from medseg.preprocessing.resampling import compute_new_shape, resample_image, resample_labels
 
 #: Label given to background voxels outside the nonzero mask (nnU-Net's ``nonzero_label``).
@@ -109,21 +110,9 @@ def normalize_channel(image: np.ndarray, scheme: Mapping[str, Any], mask: np.nda
     return image
 
 
-def configuration_of(plans: Mapping[str, Any], configuration: str) -> dict[str, Any]:
-    """The plans' configuration ``configuration`` (following ``inherits_from``), or a clear error."""
-    configs = plans["configurations"]
-    if configuration not in configs:
-        raise PlanningError(f"the plans have no configuration {configuration!r} (they have {', '.join(configs)})")
-    cfg = dict(configs[configuration])
-    parent = cfg.get("inherits_from")
-    if parent and parent in configs:
-        cfg = {**configs[parent], **cfg}
-    return cfg
-
-
-def target_spacing(cfg: Mapping[str, Any], spacing_transposed: Sequence[float]) -> list[float]:
+def target_spacing(cfg: Configuration, spacing_transposed: Sequence[float]) -> list[float]:
     """Spacing after resampling, transposed order (``2d``: the case's own spacing along the first axis)."""
-    spacing = [float(s) for s in cfg["spacing"]]
+    spacing = list(cfg.spacing)
     if len(spacing) == 2:
         spacing = [float(spacing_transposed[0]), *spacing]
     return spacing
@@ -167,7 +156,7 @@ def preprocess_case(
     data = np.asarray(images.numpy() if hasattr(images, "numpy") else images, dtype=np.float32)
     if data.ndim != 4:
         raise PlanningError(f"expected a (C, x, y, z) image, got shape {tuple(data.shape)}")
-    expected = len(cfg["normalization"])
+    expected = cfg.num_channels
     if data.shape[0] != expected:
         raise PlanningError(f"the image has {data.shape[0]} channels, the plans expect {expected}")
     seg = None
@@ -179,8 +168,8 @@ def preprocess_case(
         if seg.shape[1:] != data.shape[1:]:
             raise PlanningError(f"label grid {seg.shape[1:]} does not match the image grid {data.shape[1:]}")
 
-    forward = [int(a) for a in cfg["transpose_forward"]]
-    backward = [int(a) for a in cfg["transpose_backward"]]
+    forward = list(cfg.transpose_forward)
+    backward = list(cfg.transpose_backward)
     shape_before = [int(s) for s in data.shape[1:]]
     data = np.ascontiguousarray(data.transpose([0, *(a + 1 for a in forward)]))
     if seg is not None:
@@ -200,11 +189,11 @@ def preprocess_case(
         norm_mask = mask
     shape_after_crop = [int(s) for s in data.shape[1:]]
 
-    data = np.stack([normalize_channel(c, s, norm_mask) for c, s in zip(data, cfg["normalization"], strict=True)])
+    data = np.stack([normalize_channel(c, s, norm_mask) for c, s in zip(data, cfg.normalization, strict=True)])
 
     new_spacing = target_spacing(cfg, spacing_t)
     new_shape = compute_new_shape(shape_after_crop, spacing_t, new_spacing)
-    settings = cfg.get("resampling", {})
+    settings = cfg.resampling
     data = resample_image(data, spacing_t, new_spacing, settings, new_shape)
     if seg is not None:
         seg = resample_labels(seg, spacing_t, new_spacing, settings, new_shape)

@@ -26,6 +26,7 @@ from torch import nn
 
 from medseg.config import read_yaml
 from medseg.errors import MedsegError, TrainingError
+from medseg.preprocessing.plans_view import Configuration
 from medseg.training.checkpoint import (
     CHECKPOINT_VERSION,
     load_checkpoint,
@@ -76,14 +77,14 @@ def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
                         "records an existing manifest)", plans_path)
 
 
-def build_model(plans_cfg: dict[str, Any], config: TrainConfig) -> nn.Module:
+def build_model(cfg: Configuration, config: TrainConfig) -> nn.Module:
     """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured."""
     from medseg.models import create_model_from_plans
 
-    return create_model_from_plans(plans_cfg["model"], config.model, config.model_kwargs, config.deep_supervision)
+    return create_model_from_plans(cfg.model.as_dict(), config.model, config.model_kwargs, config.deep_supervision)
 
 
-def _check_batch_norm_at_batch_one(plans_cfg: dict[str, Any], config: TrainConfig, patch: Sequence[int]) -> None:
+def _check_batch_norm_at_batch_one(cfg: Configuration, config: TrainConfig, patch: Sequence[int]) -> None:
     """Refuse, before any training, a network whose normalisation would see one value per channel at batch size 1.
 
     Batch normalisation in training needs more than one value per channel; with one sample per process, a branch
@@ -94,13 +95,13 @@ def _check_batch_norm_at_batch_one(plans_cfg: dict[str, Any], config: TrainConfi
     Raises:
         TrainingError: The network cannot train with one sample per process; the message says what to change.
     """
-    model_name = config.model or str(plans_cfg["model"]["name"])
+    model_name = config.model or cfg.model.name
     try:
         with torch.device("meta"):
-            probe = build_model(plans_cfg, config)
+            probe = build_model(cfg, config)
     except (RuntimeError, NotImplementedError):  # a constructor that computes with tensors (MONAI's Swin UNETR)
-        probe = build_model(plans_cfg, config).to("meta")
-    channels = int(plans_cfg["model"]["in_channels"])
+        probe = build_model(cfg, config).to("meta")
+    channels = cfg.model.in_channels
     probe.train()
     try:
         probe(torch.empty(1, channels, *patch, device="meta"))
@@ -171,20 +172,20 @@ class FoldTrainer:
         self.splits, self.cache_folder, self.info, self.device = splits, cache_folder, info, device
         self.stream = stream
         self.cfg = configuration_of(plans, configuration)
-        self.num_classes = int(self.cfg["model"]["out_channels"])
-        self.patch = [int(p) for p in (config.patch_size or self.cfg["patch_size"])]
-        if len(self.patch) != int(self.cfg["spatial_dims"]):
-            dims, planned = self.cfg["spatial_dims"], self.cfg["patch_size"]
+        self.num_classes = self.cfg.num_classes
+        self.patch = [int(p) for p in (config.patch_size or self.cfg.patch_size)]
+        if len(self.patch) != self.cfg.spatial_dims:
+            dims, planned = self.cfg.spatial_dims, list(self.cfg.patch_size)
             raise TrainingError(f"patch size {self.patch} (from the config or preset) does not fit the {dims}D "
                                 f"configuration {configuration!r}: set one with {dims} entries, e.g. "
                                 f"--set \"patch_size={planned}\"")
-        self.global_batch = int(config.batch_size or self.cfg["batch_size"])
+        self.global_batch = int(config.batch_size or self.cfg.batch_size)
         if self.global_batch < info.world_size:
             raise TrainingError(f"batch size {self.global_batch} is smaller than the {info.world_size} processes")
         sizes = split_batch(self.global_batch, info.world_size)
         self.local_batch = sizes[info.rank]
         self.sample_offset = sum(sizes[: info.rank])
-        self.batch_dice = bool(self.cfg["batch_dice"] if config.batch_dice is None else config.batch_dice)
+        self.batch_dice = bool(self.cfg.batch_dice if config.batch_dice is None else config.batch_dice)
 
         torch.manual_seed(config.seed)
         self.model = build_model(self.cfg, config).to(device)
@@ -299,7 +300,7 @@ class FoldTrainer:
             "rng": rng_state(),
             "configuration": self.configuration,
             "fold": self.spec.fold,
-            "model_name": self.config.model or self.cfg["model"]["name"],
+            "model_name": self.config.model or self.cfg.model.name,
         }
 
     def load_state(self, path: Path) -> None:
@@ -510,7 +511,7 @@ class FoldTrainer:
         final = self.run_dir / "checkpoint_final.pt"
         if final.is_file():
             self.model.load_state_dict(load_checkpoint(final, map_location=self.device)["model"])
-        names = {v: k for k, v in self.plans["labels"].items()}
+        names = self.cfg.label_names
         results = []
         for case_id in self.spec.val_ids[self.info.rank :: self.info.world_size]:
             case = load_cached_case(self.cache_folder, case_id, mmap=False)
@@ -609,7 +610,7 @@ def train(
         if info.is_main:
             cache_folder = preprocess_dataset(manifest, plans, configuration, cache_root, config.preprocess_workers)
         barrier(info)
-        cache_folder = cache_root / str(configuration_of(plans, configuration)["data_identifier"])
+        cache_folder = cache_root / configuration_of(plans, configuration).data_identifier
         results = {}
         for fold in wanted:
             split = splits[fold]

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from medseg.errors import MedsegError, OutputError
 
@@ -308,7 +308,8 @@ class FolderLock:
 
     The lock is an OS advisory lock (``flock``) on ``FOLDER/.medseg.lock``, which also records who holds it (process
     id, host, command, start time). The operating system releases it when the holder exits, even when killed, so a
-    stale lock file never blocks a later run. Use as a context manager.
+    stale lock file never blocks a later run. Use as a context manager; taking a lock this process already holds
+    (a command that locks its output folder and then calls a function that locks it again) is a no-op.
 
     Args:
         folder: The folder to lock (created when missing).
@@ -319,16 +320,24 @@ class FolderLock:
         OutputError: The folder is locked by another process (``wait=False``) or cannot be created.
     """
 
+    #: Folders this process holds (real path → nesting depth): taking a held lock again is a no-op.
+    _held: ClassVar[dict[str, int]] = {}
+
     def __init__(self, folder: str | os.PathLike[str], what: str, wait: bool = False) -> None:
         self.folder = Path(folder)
         self.what = what
         self.wait = wait
         self._handle: Any = None
+        self._key = ""
 
     def __enter__(self) -> FolderLock:
         try:
             import fcntl
         except ImportError:  # Windows: no flock; the lock is a no-op there
+            return self
+        self._key = os.path.realpath(self.folder)
+        if self._key in FolderLock._held:
+            FolderLock._held[self._key] += 1
             return self
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -354,9 +363,16 @@ class FolderLock:
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command})\n")
         handle.flush()
         self._handle = handle
+        FolderLock._held[self._key] = 1
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._key or self._key not in FolderLock._held:
+            return
+        FolderLock._held[self._key] -= 1
+        if FolderLock._held[self._key] > 0:
+            return
+        del FolderLock._held[self._key]
         if self._handle is not None:
             import fcntl
 

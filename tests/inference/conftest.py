@@ -28,6 +28,7 @@ def write_run_folder(root: Path, plans: dict[str, Any], *, fold: int = 0, patch:
                      features: list[int] | None = None, mirror: bool = True, seed: int = 0,
                      configuration: str = "3d_fullres") -> Path:
     """A ``medseg train`` fold folder with a freshly initialised network built by the trainer's own builder."""
+    from medseg.preprocessing import configuration_of
     from medseg.training import TrainConfig
     from medseg.training.trainer import build_model
 
@@ -37,7 +38,7 @@ def write_run_folder(root: Path, plans: dict[str, Any], *, fold: int = 0, patch:
                          model_kwargs={"features_per_stage": features or [4, 8, 16, 32]}, device="cpu")
     config.augmentation.mirror = mirror
     torch.manual_seed(seed)
-    model = build_model(plans["configurations"][configuration], config)
+    model = build_model(configuration_of(plans, configuration), config)
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config)))
     torch.save({"model": model.state_dict(), "configuration": configuration, "fold": fold,

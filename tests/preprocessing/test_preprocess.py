@@ -33,6 +33,11 @@ def _plans(spacing: list[float], forward: list[int], scheme: dict[str, Any]) -> 
             "transpose_forward": forward, "transpose_backward": backward, "normalization": [scheme],
             "resampling": {"images": {"order": 3, "order_z": 0}, "labels": {"order": 1, "order_z": 0, "one_hot": True},
                            "separate_z_anisotropy_threshold": 3.0, "force_separate_z": None},
+            "median_image_size_in_voxels": [8, 8, 8], "patch_size": [8, 8, 8], "batch_size": 2, "batch_dice": False,
+            "num_input_channels": 1, "num_classes": 2,
+            "topology": {"n_stages": 2, "kernel_sizes": [[3, 3, 3]] * 2, "strides": [[1, 1, 1], [2, 2, 2]],
+                         "features_per_stage": [4, 8], "n_conv_per_stage": [2, 2], "n_conv_per_stage_decoder": [2]},
+            "model": {"name": "nnunet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "kwargs": {}},
         }},
     }
 

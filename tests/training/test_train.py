@@ -169,11 +169,12 @@ def test_ddp_two_processes_average_gradients(mni_dataset: dict[str, Any], tmp_pa
 
 def _weights_after_init(dataset: dict[str, Any], settings: list[str]) -> dict[str, torch.Tensor]:
     from medseg.planning import load_plans
+    from medseg.preprocessing import configuration_of
     from medseg.training import build_model
 
     config = load_config(TrainConfig, None, settings)
     torch.manual_seed(config.seed)
-    return build_model(load_plans(dataset["plans"])["configurations"]["3d_fullres"], config).state_dict()
+    return build_model(configuration_of(load_plans(dataset["plans"]), "3d_fullres"), config).state_dict()
 
 
 def test_resume_refuses_changed_config(mni_dataset: dict[str, Any], tmp_path: Path,
