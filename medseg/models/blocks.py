@@ -552,3 +552,46 @@ class GridAttentionGate(nn.Module):
         alpha = torch.sigmoid(self.psi(torch.relu(theta_x + phi_g)))
         alpha = resample_linear(alpha, x.shape[2:])
         return self.out(alpha * x), alpha
+
+
+# --- Factorised (per-axis) convolutions and channel shuffle (real-time family: ENet, ERFNet, LEDNet, ESPNetv2) ------
+
+__all__ += ["axis_conv", "channel_shuffle"]
+
+
+def axis_conv(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    axis: int,
+    dilation: int = 1,
+    bias: bool = True,
+    groups: int = 1,
+) -> nn.Module:
+    """A one-dimensional convolution along spatial ``axis``: kernel ``kernel_size`` there and 1 on the other axes.
+
+    The factorised convolutions of ENet's asymmetric bottleneck (5x1 then 1x5), ERFNet's non-bottleneck-1D (3x1
+    then 1x3) and LEDNet's SS-nbt are a chain of these, one per axis; in 3D the chain has three members. Padding is
+    "same" along ``axis`` (``dilation * (kernel_size // 2)``), so the spatial size is kept.
+
+    Shapes: ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial)``.
+    """
+    kernel = [1] * spatial_dims
+    kernel[axis] = kernel_size
+    pad = [0] * spatial_dims
+    pad[axis] = dilation * (kernel_size // 2)
+    dil = [1] * spatial_dims
+    dil[axis] = dilation
+    return Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=tuple(kernel), padding=tuple(pad),
+                                         dilation=tuple(dil), bias=bias, groups=groups)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle (Zhang et al., CVPR 2018) of ``(B, g*n, *spatial)`` with ``g`` groups.
+
+    The channels are seen as ``(B, g, n, ...)``, transposed to ``(B, n, g, ...)`` and flattened back, so that each
+    group of the next grouped layer sees every group of the previous one.
+    """
+    b, c = x.shape[:2]
+    return x.reshape(b, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
