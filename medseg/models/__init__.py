@@ -24,6 +24,8 @@ from medseg.models.monai_wrappers import unetr as _monai_unetr  # noqa: F401
 from medseg.models.multires import multiresunet as _multires_multiresunet  # noqa: F401
 from medseg.models.nnunet import dynamic_unet as _nnunet_dynamic_unet  # noqa: F401
 from medseg.models.nnunet import resenc_unet as _nnunet_resenc_unet  # noqa: F401
+from medseg.models.realtime import bisenet as _realtime_bisenet  # noqa: F401
+from medseg.models.realtime import bisenetv2 as _realtime_bisenetv2  # noqa: F401
 from medseg.models.realtime import cgnet as _realtime_cgnet  # noqa: F401
 from medseg.models.realtime import contextnet as _realtime_contextnet  # noqa: F401
 from medseg.models.realtime import enet as _realtime_enet  # noqa: F401
@@ -31,7 +33,11 @@ from medseg.models.realtime import erfnet as _realtime_erfnet  # noqa: F401
 from medseg.models.realtime import espnet as _realtime_espnet  # noqa: F401
 from medseg.models.realtime import espnetv2 as _realtime_espnetv2  # noqa: F401
 from medseg.models.realtime import fast_scnn as _realtime_fast_scnn  # noqa: F401
+from medseg.models.realtime import icnet as _realtime_icnet  # noqa: F401
 from medseg.models.realtime import lednet as _realtime_lednet  # noqa: F401
+from medseg.models.realtime import liteseg as _realtime_liteseg  # noqa: F401
+from medseg.models.realtime import shuffleseg as _realtime_shuffleseg  # noqa: F401
+from medseg.models.realtime import swiftnet as _realtime_swiftnet  # noqa: F401
 from medseg.models.recurrent import r2unet as _recurrent_r2unet  # noqa: F401
 from medseg.models.registry import (
     ModelInfo,

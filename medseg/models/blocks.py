@@ -595,3 +595,35 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """
     b, c = x.shape[:2]
     return x.reshape(b, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+class PaddedAvgPool(nn.Module):
+    """Average pooling over a zero-padded input: ``avg_pool(kernel, stride, padding)`` counting the padding.
+
+    The same result as ``AvgPool{2,3}d(kernel_size, stride, padding)`` (``count_include_pad=True``), but the padding
+    is applied first, so that inputs smaller than the kernel work in 3D too (PyTorch's ``avg_pool3d`` rejects them;
+    ShuffleNet's and BiSeNet V2's 3x3 strided average poolings meet 2^3 maps in small volumes).
+
+    Shapes: ``(B, C, *spatial)`` to ``(B, C, *((spatial + 2 * padding - kernel_size) // stride + 1))``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        kernel_size: Pooling window.
+        stride: Stride.
+        padding: Zero padding on each side.
+    """
+
+    def __init__(self, spatial_dims: int, kernel_size: int = 3, stride: int = 2, padding: int = 1) -> None:
+        super().__init__()
+        self.padding = padding
+        self.spatial_dims = spatial_dims
+        self.pool = Pool[Pool.AVG, spatial_dims](kernel_size=kernel_size, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool ``x`` (``(B, C, *spatial)``)."""
+        if self.padding:
+            x = nn.functional.pad(x, (self.padding,) * (2 * self.spatial_dims))
+        return self.pool(x)
+
+
+__all__ += ["PaddedAvgPool"]
