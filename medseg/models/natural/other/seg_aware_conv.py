@@ -25,6 +25,8 @@ The network: DeepLab-LargeFOV (Chen et al., ICLR 2015) on VGG-16 with every conv
 average pooling with stride 1 (``pool5a``), ``fc6`` (3x3, dilation 12, 1024 channels, segmentation-aware), ``fc7``
 (1x1, 1024), each with ReLU and dropout 0.5, the 1x1 classifier ``fc8`` and bilinear upsampling by 8. The official
 code also builds a ResNet-101 variant with a segmentation-aware CRF (``config/res``); that CRF is not included.
+The official network starts from DeepLab's ImageNet VGG-16 weights; no weight file layout is mapped here, and the
+segmentation-aware convolutions are He-initialised so that the plain 16-layer network trains from scratch.
 
 Parameter figure: none in the paper; the official ``config/vgg/deploy.prototxt`` (VOC, 21 classes, RGB) has
 22,269,859 parameters (counted from its layer definitions: VGG-16 DeepLab-LargeFOV 20,505,429, the embedding network
