@@ -21,6 +21,8 @@ from medseg.models.dense import hyperdensenet as _dense_hyperdensenet  # noqa: F
 from medseg.models.monai_wrappers import segresnet as _monai_segresnet  # noqa: F401
 from medseg.models.monai_wrappers import swin_unetr as _monai_swin_unetr  # noqa: F401
 from medseg.models.monai_wrappers import unetr as _monai_unetr  # noqa: F401
+from medseg.models.multimodal import acnet as _multimodal_acnet  # noqa: F401
+from medseg.models.multimodal import ssma as _multimodal_ssma  # noqa: F401
 from medseg.models.multires import multiresunet as _multires_multiresunet  # noqa: F401
 from medseg.models.nnunet import dynamic_unet as _nnunet_dynamic_unet  # noqa: F401
 from medseg.models.nnunet import resenc_unet as _nnunet_resenc_unet  # noqa: F401
