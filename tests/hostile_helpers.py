@@ -101,16 +101,17 @@ def small_tmpfs(folder: Path, size: str, read_only: bool = False) -> Iterator[Pa
 
 
 def fill_disk(folder: Path) -> None:
-    """Fill the file system of ``folder`` up to the last byte."""
-    chunk = b"\0" * 65536
-    with open(folder / f"filler-{uuid.uuid4().hex}", "wb") as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(chunk)
-            handle.flush()
-    with contextlib.suppress(OSError), open(folder / f"filler-{uuid.uuid4().hex}", "wb") as handle:
-        while True:
-            handle.write(b"\0")
-            handle.flush()
+    """Fill the file system of ``folder`` up to the last byte (unbuffered writes: nothing is left to flush)."""
+    for size in (65536, 1):
+        handle = open(folder / f"filler-{uuid.uuid4().hex}", "wb", buffering=0)  # noqa: SIM115
+        try:
+            while True:
+                handle.write(b"\0" * size)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                handle.close()
 
 
 def remount_read_only(folder: Path) -> None:

@@ -65,8 +65,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
 
-        Exit code 0 when every case was predicted, 3 when the batch finished but some cases failed (see the ledger),
-        1 when an error stopped the command.
+        Exit code 0 when every case was predicted, 3 when some cases failed or a full disk stopped the batch (see the
+        ledger; run the same command again to resume), 1 when an error stopped the command.
         """
         from medseg.utils.devices import parse_device
 
@@ -104,4 +104,4 @@ def register(app: typer.Typer) -> None:
                                 label_names=names, settings=settings, progress=progress, wait=wait)
         for line in summary.lines():
             typer.echo(line)
-        raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed else 0)
+        raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed or summary.stopped else 0)

@@ -12,33 +12,34 @@ definitions are in ``METRICS.md`` in this folder. Typical use::
 The HTML report (:func:`medseg.evaluation.report.write_report`) needs matplotlib (``pip install 'medseg[report]'``).
 """
 
-from medseg.evaluation.evaluate import (
-    CasePair,
-    CaseResult,
-    EvaluationResult,
-    Pairing,
-    evaluate,
-    evaluate_case,
-    pair_cases,
-    parse_labels,
-    summarize,
-    write_metrics_csv,
-    write_summary_json,
-)
-from medseg.evaluation.metrics import (
-    METRIC_NAMES,
-    SurfaceDistances,
-    assd,
-    compute_metrics,
-    dice,
-    empty_penalty_mm,
-    hausdorff,
-    hausdorff95,
-    iou,
-    metric_keys,
-    nsd,
-    surface_distances,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each public name lives; imported on first use, so that ``medseg.evaluation.metric_table`` (the command
+#: line's help) does not pull in numpy, scipy and the image readers.
+_WHERE = {
+    **dict.fromkeys(("CasePair", "CaseResult", "EvaluationResult", "Pairing", "evaluate", "evaluate_case",
+                     "pair_cases", "parse_labels", "summarize", "write_metrics_csv", "write_summary_json"),
+                    "medseg.evaluation.evaluate"),
+    **dict.fromkeys(("METRIC_NAMES", "SurfaceDistances", "assd", "compute_metrics", "dice", "empty_penalty_mm",
+                     "hausdorff", "hausdorff95", "iou", "metric_keys", "nsd", "surface_distances"),
+                    "medseg.evaluation.metrics"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'medseg.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(_WHERE)
+
 
 __all__ = [
     "METRIC_NAMES",

@@ -19,6 +19,7 @@ otherwise.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -312,11 +313,27 @@ def run_batch(
     out = Path(out_dir)
     with FolderLock(out, "medseg predict", wait=wait):
         names = dict(label_names or predictor.label_names)
-        atomic_json(out / LABELS_FILE, {str(k): v for k, v in sorted(names.items())})
         settings = {**dict(settings or {}), "format": ",".join(formats), "save_probabilities": save_probabilities}
-        with Ledger(out) as ledger:
-            return _run_cases(predictor, cases, out, ledger, formats, names, settings, save_probabilities,
-                              _Progress(0, progress, stream or sys.stderr), after_case)
+        try:
+            _write_label_names(out / LABELS_FILE, names)
+            with Ledger(out) as ledger:
+                return _run_cases(predictor, cases, out, ledger, formats, names, settings, save_probabilities,
+                                  _Progress(0, progress, stream or sys.stderr), after_case)
+        except MedsegError as exc:  # a full disk before the first case (a full disk later stops inside the loop)
+            if not is_disk_full(exc):
+                raise
+            return BatchSummary(not_attempted=[c.case_id for c in cases], stopped=str(exc))
+
+
+def _write_label_names(path: Path, names: Mapping[int, str]) -> None:
+    """Write ``labels.json`` unless it already says the same (a re-run writes nothing it need not)."""
+    data = {str(k): v for k, v in sorted(names.items())}
+    try:
+        if path.is_file() and json.loads(path.read_text()) == data:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_json(path, data)
 
 
 def _format_problems(formats: Sequence[str], case: CaseInput, image: Any) -> dict[str, str]:

@@ -33,6 +33,7 @@ run that was killed. A database error (a full disk, a read-only folder) is raise
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -122,7 +123,7 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise OutputError(f"cannot open the ledger: {_problem(exc)}", self.path) from None
+            raise OutputError(f"cannot open the ledger: {_problem(exc, self.path.parent)}", self.path) from None
         self._execute("PRAGMA journal_mode=WAL")
         version = int(self._execute("PRAGMA user_version").fetchone()[0])
         if version < SCHEMA_VERSION and self._execute(
@@ -136,13 +137,13 @@ class Ledger:
         try:
             return self.db.execute(sql, args)
         except sqlite3.Error as exc:
-            raise OutputError(f"cannot update the ledger: {_problem(exc)}", self.path) from None
+            raise OutputError(f"cannot update the ledger: {_problem(exc, self.path.parent)}", self.path) from None
 
     def _script(self, sql: str) -> None:
         try:
             self.db.executescript(sql)
         except sqlite3.Error as exc:
-            raise OutputError(f"cannot update the ledger: {_problem(exc)}", self.path) from None
+            raise OutputError(f"cannot update the ledger: {_problem(exc, self.path.parent)}", self.path) from None
 
     def _migrate(self) -> None:
         """Bring a version-1 ledger (no ``interrupted`` status) to the current layout, keeping every row."""
@@ -233,10 +234,16 @@ def _outputs_text(outputs: str | Iterable[str]) -> str:
     return items[0] if len(items) == 1 else (json.dumps(items) if items else "")
 
 
-def _problem(exc: BaseException) -> str:
+def _problem(exc: BaseException, folder: Path | None = None) -> str:
     text = " ".join(str(exc).split())
     if "disk is full" in text or "No space" in text:
         return "no space left on the disk"
+    if "disk I/O error" in text and folder is not None:  # SQLite reports a full disk so in WAL mode
+        import shutil
+
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(folder).free < 65536:
+                return "no space left on the disk"
     if "readonly" in text or "read-only" in text:
         return "the file system is read-only"
     from medseg.utils.files import os_problem

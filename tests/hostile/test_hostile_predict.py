@@ -111,15 +111,25 @@ def test_devices_that_exist_elsewhere_are_accepted_and_checked(cli, tmp_path: Pa
 
 def test_a_second_batch_on_a_locked_folder_is_refused_naming_the_holder(cli, tmp_path: Path, tiny_run: Path,
                                                                        mni_image) -> None:
-    from medseg.utils.files import FolderLock
+    import subprocess
+    import sys
 
     data, affine = mni_image
     source = write_nifti(tmp_path / "scan.nii.gz", data, affine)
     out = tmp_path / "out"
-    with FolderLock(out, "medseg predict"):
-        assert_one_line_error(_predict(cli, source, out, tiny_run), 1, out, "in use", "pid")
-    assert not (out / "scan.nii.gz").exists()
-    assert _predict(cli, source, out, tiny_run).code == 0  # free again
+    holder = subprocess.Popen(  # another batch holding the folder
+        [sys.executable, "-c", "import sys, time\nfrom medseg.utils.files import FolderLock\n"
+         "with FolderLock(sys.argv[1], 'medseg predict'):\n    print('held', flush=True)\n    time.sleep(120)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        line = assert_one_line_error(_predict(cli, source, out, tiny_run), 1, out, "in use", f"pid {holder.pid}")
+        assert "--wait" in line
+        assert not (out / "scan.nii.gz").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert _predict(cli, source, out, tiny_run).code == 0  # the holder is gone: the lock went with it
 
 
 def test_rows_of_a_killed_run_are_closed_as_interrupted_and_redone(cli, tmp_path: Path, tiny_run: Path,
