@@ -1,0 +1,1 @@
+"""Multi-modal family: one encoder path per image modality (dense multi-path U-Net, IVD-Net)."""
