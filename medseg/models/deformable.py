@@ -70,6 +70,8 @@ class DeformConv(nn.Module):
             raise ModelError(f"DeformConv: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         d = spatial_dims
         self.spatial_dims = d
+        self.in_channels = in_channels
+        self.out_channels = out_channels
         self.kernel_size = as_tuple(kernel_size, d)
         self.stride = as_tuple(stride, d)
         self.dilation = as_tuple(dilation, d)
