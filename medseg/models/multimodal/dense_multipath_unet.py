@@ -5,18 +5,18 @@ Multiple Image Modalities", MICCAI BrainLes workshop (ISLES 2018), LNCS 11383 (2
 The same authors' IVD-Net (:mod:`medseg.models.multimodal.ivd_net`) is this design with factorised encoder modules;
 its official code (github.com/josedolz/IVD-Net, ``IVD_Net.py``, ``Blocks.py``) fixes the layout both share.
 
-Layout (Section 2 and the shared code): each input channel (image modality) has its own encoder path. Every level
-of a path is a dilated inception module (:class:`DilatedInceptionModule`: a 3x3 conv-BN-ReLU, five parallel
-conv-BN-ReLU branches - 1x1, 3x3, 5x5, 3x3 dilated 2, 3x3 dilated 4 -, a 1x1 merge of their concatenation, the
-merge plus the first convolution's output, and a 3x3 conv-BN-ReLU: "inception modules extended with two
-convolutional blocks with dilated convolutions of different scale"). The paths are densely connected "within each
-path and across different paths, similar to HyperDenseNet": the input of level ``l + 1`` of path ``m`` is the
-concatenation of the max-pooled level-``l`` outputs of all paths (path ``m`` first, then the others cyclically) and
-of the (pooled) input of level ``l`` of path ``m``. The bottleneck module sees the same concatenation (path 0's
-order). The decoder is a single path: a 3x3 transposed convolution (stride 2) + BN + ReLU halves the width, its
-output is averaged with the ``M`` encoder outputs of that level (a residual skip, ``(up + sum_m enc_m) / (M + 1)``)
-and refined by a module; a 3x3 convolution gives the logits. Widths ``32, 64, 128, 256`` per path and 512 in the
-bottleneck (``ngf = 32`` in the authors' code). In 3D every 2D operation has its 3D counterpart.
+Layout (Section 2 and the shared code): each input channel (image modality) has its own encoder path. Every level of a
+path is a dilated inception module (:class:`DilatedInceptionModule`: a 3x3 conv-BN-ReLU, five parallel conv-BN-ReLU
+branches - 1x1, 3x3, 5x5, 3x3 dilated 2, 3x3 dilated 4 -, a 1x1 merge of their concatenation, the merge plus the first
+convolution's output, and a 3x3 conv-BN-ReLU: "inception modules extended with two convolutional blocks with dilated
+convolutions of different scale"). The paths are densely connected "within each path and across different paths,
+similar to HyperDenseNet": the input of level ``l + 1`` of path ``m`` is the concatenation of the max-pooled
+level-``l`` outputs of all paths (path ``m`` first, then the others cyclically) and, from level 2 on, of the (pooled)
+input of level ``l`` of path ``m``. The bottleneck module sees the same concatenation (path 0's order). The decoder is
+a single path: a 3x3 transposed convolution (stride 2) + BN + ReLU halves the width, its output is averaged with the
+``M`` encoder outputs of that level (a residual skip, ``(up + sum_m enc_m) / (M + 1)``) and refined by a module; a 3x3
+convolution gives the logits. Widths ``32, 64, 128, 256`` per path and 512 in the bottleneck (``ngf = 32`` in the
+authors' code). In 3D every 2D operation has its 3D counterpart.
 
 The number of paths is ``in_channels``: one modality per input channel.
 
