@@ -11,6 +11,7 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 
 from medseg.models import natural as _natural  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
+from medseg.models.attention import ra_unet as _attention_ra_unet  # noqa: F401
 from medseg.models.base import SegmentationModel
 
 # Importing a model module registers its models (one line per architecture).
@@ -18,10 +19,14 @@ from medseg.models.dense import dense_vnet as _dense_dense_vnet  # noqa: F401
 from medseg.models.dense import fc_densenet as _dense_fc_densenet  # noqa: F401
 from medseg.models.dense import h_denseunet as _dense_h_denseunet  # noqa: F401
 from medseg.models.dense import hyperdensenet as _dense_hyperdensenet  # noqa: F401
+from medseg.models.dense import mdu_net as _dense_mdu_net  # noqa: F401
+from medseg.models.dense import stacked_dense_unet as _dense_stacked_dense_unet  # noqa: F401
 from medseg.models.monai_wrappers import segresnet as _monai_segresnet  # noqa: F401
 from medseg.models.monai_wrappers import swin_unetr as _monai_swin_unetr  # noqa: F401
 from medseg.models.monai_wrappers import unetr as _monai_unetr  # noqa: F401
 from medseg.models.multimodal import acnet as _multimodal_acnet  # noqa: F401
+from medseg.models.multimodal import dense_multipath_unet as _multimodal_dense_multipath_unet  # noqa: F401
+from medseg.models.multimodal import ivd_net as _multimodal_ivd_net  # noqa: F401
 from medseg.models.multimodal import ssma as _multimodal_ssma  # noqa: F401
 from medseg.models.multires import multiresunet as _multires_multiresunet  # noqa: F401
 from medseg.models.nnunet import dynamic_unet as _nnunet_dynamic_unet  # noqa: F401
@@ -55,6 +60,10 @@ from medseg.models.registry import (
 )
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
+from medseg.models.unet import bridged_unet as _unet_bridged_unet  # noqa: F401
+from medseg.models.unet import dunet as _unet_dunet  # noqa: F401
+from medseg.models.unet import mnet as _unet_mnet  # noqa: F401
+from medseg.models.unet import sunet as _unet_sunet  # noqa: F401
 from medseg.models.unet import unet as _unet_unet  # noqa: F401
 from medseg.models.unet import unet3d as _unet_unet3d  # noqa: F401
 from medseg.models.unet import unetpp as _unet_unetpp  # noqa: F401

@@ -1,8 +1,5 @@
-"""Multi-modal fusion architectures (family ``multimodal``): importing a module registers its models.
+"""Multi-modal architectures (family ``multimodal``): one encoder path per channel group, fused inside the network.
 
-The input holds two channel groups (e.g. RGB and depth, or two MRI sequences); each group has its own encoder stream
-and the streams are fused inside the network.
+The input's channel groups (RGB and depth, or several MRI sequences) each get their own path: ACNet, SSMA, the dense
+multi-path U-Net and IVD-Net. :mod:`medseg.models` imports each model file (one line per architecture).
 """
-
-from medseg.models.multimodal import acnet as _acnet  # noqa: F401
-from medseg.models.multimodal import ssma as _ssma  # noqa: F401
