@@ -143,3 +143,36 @@ def test_hand_edited_plans_with_a_missing_entry(cli, tmp_path: Path, mni_dataset
     path.write_text(json.dumps(plans))
     assert_one_line_error(cli("train", path, "--manifest", mni_dataset["manifest"], "--out", tmp_path / "run"), 1,
                           path, "patch_size")
+
+
+@pytest.mark.parametrize(("model", "refused"), [("pspnet", True), ("deeplabv3plus", True), ("nnunet", False)])
+def test_batch_norm_on_a_one_by_one_branch_is_refused_at_batch_size_one(mni_dataset, model: str,
+                                                                         refused: bool) -> None:
+    import json
+
+    from medseg.errors import TrainingError
+    from medseg.preprocessing import configuration_of
+    from medseg.training import TrainConfig
+    from medseg.training.trainer import _check_batch_norm_at_batch_one
+
+    plans = json.loads(Path(mni_dataset["plans"]).read_text())
+    cfg = configuration_of(plans, "3d_fullres")
+    kwargs = {"backbone_kwargs": {"width": 0.125}} if model != "nnunet" else {}
+    config = TrainConfig(model=model, model_kwargs=kwargs, batch_size=1, device="cpu")
+    if refused:
+        with pytest.raises(TrainingError, match=rf"'{model}'.*batch normalisation.*batch_size to 2"):
+            _check_batch_norm_at_batch_one(cfg, config, [32, 32, 32])
+    else:
+        _check_batch_norm_at_batch_one(cfg, config, list(cfg.patch_size))
+
+
+def test_gaussian_noise_sigma_is_nnunets_draw() -> None:
+    import numpy as np
+
+    from medseg.training.augment import noise_sigma
+    from medseg.training.config import AugmentationConfig
+
+    rng = np.random.default_rng(0)
+    sigmas = np.array([noise_sigma(AugmentationConfig(), rng) for _ in range(2000)])
+    assert sigmas.max() <= 0.1 and sigmas.max() > 0.09  # U(0, 0.1) used as the standard deviation, as nnU-Net does
+    assert abs(sigmas.mean() - 0.05) < 0.005

@@ -67,7 +67,7 @@ def test_default_builds() -> None:
             if name == "swin_unetr":  # MONAI's constructor calls .item(); counted on the CPU elsewhere
                 continue
             for dims in info.spatial_dims:
-                create_model(name, dims, 1, 2)
+                create_model(name, dims, 2, 2)  # two channels: the multi-modal models need two groups
 
 
 def test_nnunet_default_topology() -> None:
