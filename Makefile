@@ -12,7 +12,7 @@ $(PY):
 # Torch goes in first, pinned, so nothing later pulls a different (CUDA) build.
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dicom,report,demo,dev]'
+	$(PY) -m pip install --quiet -e '.[dicom,pacs,report,demo,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -125,6 +125,9 @@ class Manifest:
         source: The file the manifest was loaded from, if any.
         source_format: ``"medseg"`` or ``"msd"`` (what the source file was).
         format_version: Format version of the source (``FORMAT_VERSION`` when built in code).
+        label_info: Label value → what the manifest says of it beyond its name (``code``, ``category``,
+            ``color``; see :mod:`medseg.io.segment_codes`), for the labels given as objects
+            (``{"1": {"name": "liver", "code": "SCT:10200004", "color": "#dd8265"}}``).
     """
 
     name: str
@@ -138,6 +141,7 @@ class Manifest:
     source: Path | None = None
     source_format: str = "medseg"
     format_version: int = FORMAT_VERSION
+    label_info: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = self.source if self.source is not None else self.root
@@ -234,7 +238,11 @@ class Manifest:
         }
         data.update(self.extra)
         data["channels"] = [{"name": c.name, "modality": c.modality} for c in self.channels]
-        data["labels"] = dict(self.labels)
+        if self.label_info:
+            data["labels"] = {str(v): ({"name": n, **dict(self.label_info[v])} if v in self.label_info else n)
+                              for n, v in self.labels.items()}
+        else:
+            data["labels"] = dict(self.labels)
         data["cases"] = cases
         if self.splits:
             data["splits"] = [{"train": list(s.train), "val": list(s.val)} for s in self.splits]
@@ -439,10 +447,14 @@ def _parse_labels(value: Any, where: str | os.PathLike[str]) -> dict[str, int]:
             "declare one integer value per label",
             where,
         )
-    msd_style = all(isinstance(v, str) for v in value.values())
+    msd_style = all(isinstance(v, str | dict) for v in value.values())
     labels: dict[str, int] = {}
     if msd_style:
-        for key, name in value.items():
+        for key, entry in value.items():
+            name = entry if isinstance(entry, str) else entry.get("name")
+            if not isinstance(name, str):
+                raise ManifestError(f"'labels': {key!r}: an object label needs a string 'name' "
+                                    '(e.g. {"name": "liver", "code": "SCT:10200004", "color": "#dd8265"})', where)
             try:
                 number = int(str(key).strip())
             except ValueError:
@@ -465,6 +477,42 @@ def _parse_labels(value: Any, where: str | os.PathLike[str]) -> dict[str, int]:
                 raise ManifestError(f"'labels': value {number} has an empty name", where)
             labels[name] = number
     return labels
+
+
+_LABEL_INFO_KEYS = ("name", "code", "category", "color")
+
+
+def _parse_label_info(value: Any, where: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """The ``code``/``category``/``color`` of labels written as objects (``{"1": {"name": …, "code": …}}``).
+
+    Values are kept as written (they round-trip through :meth:`Manifest.to_dict`) after checking that
+    :mod:`medseg.io.segment_codes` understands them.
+    """
+    from medseg.io.segment_codes import parse_code, parse_color
+
+    info: dict[int, dict[str, Any]] = {}
+    if not isinstance(value, dict):
+        return info
+    for key, entry in value.items():
+        if not isinstance(entry, dict):
+            continue
+        unknown = sorted(set(entry) - set(_LABEL_INFO_KEYS))
+        if unknown:
+            raise ManifestError(f"'labels': {key!r}: unknown key(s) {', '.join(map(repr, unknown))} "
+                                f"(a label object has {', '.join(_LABEL_INFO_KEYS)})", where)
+        try:
+            if entry.get("code") is not None:
+                parse_code(entry["code"], f"'labels': {key!r}: 'code'")
+            if entry.get("category") is not None:
+                parse_code(entry["category"], f"'labels': {key!r}: 'category'")
+            if entry.get("color") is not None:
+                parse_color(entry["color"], f"'labels': {key!r}: 'color'")
+        except ValueError as exc:
+            raise ManifestError(str(exc), where) from None
+        extra = {k: entry[k] for k in _LABEL_INFO_KEYS[1:] if entry.get(k) is not None}
+        if extra:
+            info[int(str(key).strip())] = extra
+    return info
 
 
 def _parse_channels_msd(value: Any, where: str | os.PathLike[str], key: str = "modality") -> list[Channel]:
@@ -581,6 +629,7 @@ def _from_own(
         description=_require_str(data, "description", where, default=""),
         channels=tuple(channels),
         labels=labels,
+        label_info=_parse_label_info(data.get("labels"), where),
         cases=tuple(cases),
         splits=tuple(_parse_splits(data.get("splits"), where)),
         extra={k: data[k] for k in _INFO_KEYS if k in data},
@@ -630,6 +679,7 @@ def _from_msd(
         description=_require_str(data, "description", where, default=""),
         channels=tuple(channels),
         labels=labels,
+        label_info=_parse_label_info(data.get("labels"), where),
         cases=tuple(cases),
         splits=tuple(_parse_splits(data.get("splits"), where)),
         extra=extra,

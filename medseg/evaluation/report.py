@@ -1,7 +1,8 @@
 """The HTML report of an evaluation: one self-contained file (no network), readable in any browser.
 
-It holds a per-class summary table with the empty-mask counts, one box/strip plot per metric (inline SVG), overlay
-thumbnails (image + reference and prediction contours, base64 PNG) for the worst cases by foreground Dice, and a
+It holds a per-class summary table with the empty-mask counts, one box/strip plot per metric (inline SVG), overlays
+(image with reference and prediction outlines in two colours, in three planes through where they disagree most,
+base64 PNG, :func:`medseg.io.overlay.comparison_png`) for the worst cases by foreground Dice, and a
 sortable case × class table (a few lines of inline JavaScript). Plots are drawn with matplotlib (the ``report``
 extra: ``pip install 'medseg[report]'``) through its object API, so the global pyplot backend is never touched.
 """
@@ -12,7 +13,6 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from medseg.evaluation.metrics import (
     STATUS_FALSE_POSITIVE,
     STATUS_MISSED,
 )
+from medseg.io.overlay import PREDICTION_COLOR, REFERENCE_COLOR
 
 #: What to install when matplotlib is missing.
 REPORT_EXTRA_HINT = "the HTML report needs matplotlib: pip install 'medseg[report]'"
@@ -51,7 +52,8 @@ table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tr.missed td{background:#fde2e2} tr.false_positive td{background:#fff0d9} tr.both_empty td{color:#777}
 .plots{display:flex;flex-wrap:wrap;gap:12px} .plot{border:1px solid #eee;padding:4px} .plot svg{display:block}
 .case{margin:10px 0 18px} .thumbs{display:flex;flex-wrap:wrap;gap:10px} .thumbs figure{margin:0}
-.thumbs figcaption{font-size:.8em;color:#555;text-align:center} .thumbs img{border:1px solid #ccc;display:block}
+.thumbs figcaption{font-size:.8em;color:#555;text-align:center}
+.thumbs img{border:1px solid #ccc;display:block;max-width:100%}
 .legend span{display:inline-block;margin-right:14px} .sw{display:inline-block;width:18px;height:0;margin-right:4px;
 vertical-align:middle;border-top:3px solid} .sw.d{border-top-style:dashed}
 .note{background:#f7f7fb;border-left:3px solid #99a;padding:6px 10px;font-size:.9em;max-width:1000px}
@@ -170,15 +172,8 @@ def metric_plot(result: EvaluationResult, key: str, salt: str) -> str:
 # Overlays
 
 
-def _slice_axis(spacing: Sequence[float]) -> int:
-    """The through-plane axis: the one with the coarsest spacing (the last axis when all are equal)."""
-    spacing = np.asarray(spacing, dtype=np.float64)
-    coarsest = np.flatnonzero(np.isclose(spacing, spacing.max(), rtol=1e-3))
-    return int(coarsest[-1])
-
-
-def _load_overlay_volumes(case: CaseResult, result: EvaluationResult) -> tuple[np.ndarray, np.ndarray, Any]:
-    """Reference, prediction (on the reference grid) and image array (or ``None``) of a case."""
+def _load_overlay_volumes(case: CaseResult, result: EvaluationResult) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """Reference, prediction (on the reference grid), image array (or ``None``) and the reference image of a case."""
     from medseg.io import grid_differences, load_image
 
     ref, ref_image = read_label_map(case.reference)
@@ -195,75 +190,29 @@ def _load_overlay_volumes(case: CaseResult, result: EvaluationResult) -> tuple[n
             loaded = None
         if loaded is not None and not grid_differences(loaded, ref_image):
             image = np.asarray(loaded.array)[0].astype(np.float32)
-    return ref, pred, image
-
-
-def _thumbnail(
-    image: np.ndarray | None,
-    ref: np.ndarray,
-    pred: np.ndarray,
-    labels: Sequence[int],
-    spacing: Sequence[float],
-    axis: int,
-    index: int,
-) -> str:
-    """One slice as a base64 PNG ``data:`` URI: image in grey, reference contours solid, prediction dashed."""
-    from matplotlib.figure import Figure
-
-    ref_s, pred_s = np.take(ref, index, axis=axis), np.take(pred, index, axis=axis)
-    in_plane = [s for i, s in enumerate(spacing) if i != axis]
-    fg = np.isin(ref_s, labels) | np.isin(pred_s, labels)
-    rows, cols = np.nonzero(fg)
-    margin_r = max(8, int(0.25 * (rows.max() - rows.min() + 1))) if rows.size else 0
-    margin_c = max(8, int(0.25 * (cols.max() - cols.min() + 1))) if cols.size else 0
-    r0, r1 = (max(0, rows.min() - margin_r), min(fg.shape[0], rows.max() + margin_r + 1)) if rows.size else (0, None)
-    c0, c1 = (max(0, cols.min() - margin_c), min(fg.shape[1], cols.max() + margin_c + 1)) if cols.size else (0, None)
-    crop = (slice(r0, r1), slice(c0, c1))
-    ref_s, pred_s = ref_s[crop], pred_s[crop]
-    if image is not None:
-        background = np.take(image, index, axis=axis)[crop]
-        lo, hi = np.percentile(background, [1, 99]) if background.size else (0.0, 1.0)
-    else:
-        background = np.zeros(ref_s.shape, dtype=np.float32)
-        lo, hi = 0.0, 1.0
-    # Rows of the slice are the first in-plane axis: draw it horizontally (transpose), origin at the bottom.
-    aspect = in_plane[1] / in_plane[0]
-    height_px, width_px = ref_s.shape[1] * aspect, ref_s.shape[0]
-    scale = 220.0 / max(height_px, width_px, 1)
-    fig = Figure(figsize=(max(1.0, width_px * scale / 100), max(1.0, height_px * scale / 100)), dpi=100)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(background.T, cmap="gray", origin="lower", vmin=lo, vmax=max(hi, lo + 1e-6), aspect=aspect,
-              interpolation="nearest")
-    for i, value in enumerate(labels):
-        color = _color(i)
-        for mask, style in ((ref_s == value, "solid"), (pred_s == value, "dashed")):
-            if mask.any() and mask.shape[0] > 1 and mask.shape[1] > 1:
-                ax.contour(mask.T.astype(np.float32), levels=[0.5], colors=[color], linewidths=1.4,
-                           linestyles=style)
-    ax.set_axis_off()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return ref, pred, image, ref_image
 
 
 def overlay_thumbnails(case: CaseResult, result: EvaluationResult) -> list[tuple[str, str]]:
-    """Thumbnails of one case on the slices with the largest reference and prediction area, as (caption, data URI)."""
-    ref, pred, image = _load_overlay_volumes(case, result)
+    """The case in three planes through the slices where reference and prediction disagree most.
+
+    Returns:
+        ``[(caption, data URI)]`` (:func:`medseg.io.overlay.comparison_png`); empty when both masks are empty.
+    """
+    from medseg.io.overlay import comparison_png
+
+    ref, pred, image, ref_image = _load_overlay_volumes(case, result)
     labels = [v for v in result.labels if v != 0] or list(result.labels)
-    axis = _slice_axis(case.spacing)
-    other = tuple(i for i in range(ref.ndim) if i != axis)
-    ref_area = np.isin(ref, labels).sum(axis=other)
-    pred_area = np.isin(pred, labels).sum(axis=other)
-    chosen: list[tuple[str, int]] = []
-    if ref_area.any():
-        chosen.append(("largest reference area", int(ref_area.argmax())))
-    if pred_area.any() and (not chosen or int(pred_area.argmax()) != chosen[0][1]):
-        chosen.append(("largest prediction area", int(pred_area.argmax())))
-    thumbs = []
-    for caption, index in chosen:
-        uri = _thumbnail(image, ref, pred, labels, case.spacing, axis, index)
-        thumbs.append((f"{caption}: axis {axis}, slice {index}", uri))
-    return thumbs
+    if not (np.isin(ref, labels).any() or np.isin(pred, labels).any()):
+        return []
+    if ref.ndim == 2:  # a 2D case: one plane, as a one-slice volume
+        ref, pred = ref[..., None], pred[..., None]
+        image = None if image is None else image[..., None]
+    affine = np.asarray(ref_image.meta.get("affine", np.eye(4)), dtype=np.float64)
+    png, where = comparison_png(image, ref, pred, affine, labels)
+    caption = ("three planes through the largest disagreement (axial " f"{where['axial'] + 1}, coronal "
+               f"{where['coronal'] + 1}, sagittal {where['sagittal'] + 1})")
+    return [(caption, "data:image/png;base64," + base64.b64encode(png).decode("ascii"))]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -326,13 +275,11 @@ def _worst_cases_section(result: EvaluationResult, worst: int) -> str:
         return "<p>No overlays (they rank cases by Dice; add dice to the metrics).</p>" if worst > 0 else ""
     ranked = sorted(result.cases, key=lambda c: (c.foreground_dice, c.case_id))[:worst]
     fg_labels = [v for v in result.labels if v != 0] or list(result.labels)
-    legend = "".join(
-        f"<span><i class=sw style='border-color:{_color(i)}'></i><i class='sw d' style='border-color:{_color(i)}'></i>"
-        f"{_e(result.labels[v])}</span>"
-        for i, v in enumerate(fg_labels)
-    )
+    legend = ", ".join(_e(result.labels[v]) for v in fg_labels)
     parts = [
-        f"<p class=legend>Solid: reference, dashed: prediction. {legend}</p>",
+        f"<p class=legend><span><i class=sw style='border-color:{REFERENCE_COLOR}'></i>reference (solid)</span>"
+        f"<span><i class='sw d' style='border-color:{PREDICTION_COLOR}'></i>prediction (dashed)</span> "
+        f"outlines of the foreground ({legend}), three planes through where they disagree most.</p>",
     ]
     for case in ranked:
         thumbs = overlay_thumbnails(case, result)

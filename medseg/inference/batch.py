@@ -35,6 +35,7 @@ from medseg.inference.writers import (
     dicom_seg_problem,
     output_path,
     probabilities_path,
+    rtstruct_problem,
     write_dicom_seg,
     write_labels,
     write_probabilities,
@@ -60,6 +61,21 @@ class CaseInput:
     kind: str = "files"
     series: Any = None
     error: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """The file name stem of the case's outputs.
+
+        For a DICOM series with a SeriesInstanceUID: patient, series number and description
+        (:func:`medseg.io.dicom_derived.series_file_stem`); otherwise the case id.
+        """
+        info = self.series
+        if self.kind == "dicom" and info is not None and info.series_instance_uid:
+            from medseg.io.dicom_derived import series_file_stem
+
+            return series_file_stem(info.patient_id, info.series_description, info.series_instance_uid,
+                                    info.series_number)
+        return self.case_id
 
     @property
     def display(self) -> str:
@@ -284,6 +300,8 @@ def run_batch(
     stream: TextIO | None = None,
     after_case: Callable[[str, str], None] | None = None,
     wait: bool = False,
+    label_info: Mapping[int, Mapping[str, Any]] | None = None,
+    preview: bool = False,
 ) -> BatchSummary:
     """Predict every case, resumably (see the module docstring).
 
@@ -291,9 +309,10 @@ def run_batch(
         predictor: A :class:`~medseg.inference.predictor.Predictor`.
         cases: From :func:`discover_cases`.
         out_dir: Output folder (also holds ``ledger.sqlite``); locked for the duration of the batch.
-        fmt: Output format(s): ``nifti``, ``nrrd``, ``png`` (one-slice images) and ``dicom-seg`` (DICOM input).
-            What a format needs is checked before a case is predicted; a case that cannot get one format still
-            gets the others and is recorded as failed, naming what is missing.
+        fmt: Output format(s): ``nifti``, ``nrrd``, ``png`` (one-slice images), ``dicom-seg`` and
+            ``dicom-rtstruct`` (DICOM input). What a format needs is checked before a case is predicted; a case that
+            cannot get one format still gets the others and is recorded as failed, naming what is missing. Files are
+            named by the case's :attr:`CaseInput.stem` (patient and series description for DICOM series).
         save_probabilities: Also write ``CASE_probabilities.npz``.
         label_names: Label value → name (segment labels of DICOM SEG, probability class names).
         settings: What defines the results (hashed; a change redoes the cases).
@@ -301,6 +320,10 @@ def run_batch(
         stream: Where progress goes (default stderr).
         after_case: Called as ``after_case(case_id, status)`` after each case is recorded.
         wait: When another batch holds the output folder, wait for it instead of refusing.
+        label_info: Label value → the manifest's ``code``/``category``/``color`` (DICOM coding of segments and
+            ROIs, :mod:`medseg.io.segment_codes`).
+        preview: Also write ``previews/STEM.png``: the prediction over the image in three planes
+            (:func:`medseg.io.overlay.write_preview`).
 
     Returns:
         The summary. A full disk stops the batch (``summary.stopped``); ``KeyboardInterrupt`` is re-raised after the
@@ -310,6 +333,8 @@ def run_batch(
         OutputError: The output folder is in use by another batch, or cannot be written at all.
     """
     formats = [fmt] if isinstance(fmt, str) else list(dict.fromkeys(fmt))
+    if preview:
+        formats.append("preview")
     out = Path(out_dir)
     with FolderLock(out, "medseg predict", wait=wait):
         names = dict(label_names or predictor.label_names)
@@ -318,7 +343,7 @@ def run_batch(
             _write_label_names(out / LABELS_FILE, names)
             with Ledger(out) as ledger:
                 return _run_cases(predictor, cases, out, ledger, formats, names, settings, save_probabilities,
-                                  _Progress(0, progress, stream or sys.stderr), after_case)
+                                  _Progress(0, progress, stream or sys.stderr), after_case, label_info or {})
         except MedsegError as exc:  # a full disk before the first case (a full disk later stops inside the loop)
             if not is_disk_full(exc):
                 raise
@@ -341,9 +366,10 @@ def _format_problems(formats: Sequence[str], case: CaseInput, image: Any) -> dic
     meta = getattr(image, "meta", {}) or {}
     problems: dict[str, str] = {}
     for name in formats:
-        if name == "dicom-seg":
-            problem = ("DICOM SEG needs a DICOM series as input" if case.kind != "dicom"
-                       else dicom_seg_problem(meta))
+        if name in ("dicom-seg", "dicom-rtstruct"):
+            what = "DICOM SEG" if name == "dicom-seg" else "RTSTRUCT"
+            check = dicom_seg_problem if name == "dicom-seg" else rtstruct_problem
+            problem = f"{what} needs a DICOM series as input" if case.kind != "dicom" else check(meta)
         elif name == "png":
             spatial = tuple(image.shape[1:])
             problem = None if spatial[-1:] == (1,) else f"PNG holds one slice, not a {spatial} volume"
@@ -356,8 +382,10 @@ def _format_problems(formats: Sequence[str], case: CaseInput, image: Any) -> dic
 
 def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Ledger, formats: Sequence[str],
                names: Mapping[int, str], settings: Mapping[str, Any], save_probabilities: bool,
-               bar: _Progress, after_case: Callable[[str, str], None] | None) -> BatchSummary:
+               bar: _Progress, after_case: Callable[[str, str], None] | None,
+               label_info: Mapping[int, Mapping[str, Any]]) -> BatchSummary:
     from medseg import __version__
+    from medseg.io.segment_codes import describe_labels
 
     digest = settings_hash(settings)
     summary = BatchSummary()
@@ -382,14 +410,35 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
         prepared.seconds = {"load": loaded, **prepared.seconds}
         return prepared
 
-    def write(name: str, prediction: Any, case: CaseInput) -> Path:
-        target = output_path(out, case.case_id, name)
-        if name == "dicom-seg":
+    descriptions = describe_labels(names, label_info)
+
+    def write(name: str, prediction: Any, case: CaseInput, image: Any) -> Path:
+        if name == "preview":
+            from medseg.io.overlay import write_preview
+
+            return write_preview(image, prediction.labels, out / "previews" / f"{case.stem}.png", names,
+                                 descriptions, title=case.stem)
+        target = output_path(out, case.stem, name)
+        if name in ("dicom-seg", "dicom-rtstruct"):
             source = prediction.labels.meta
-            description = f"medseg {source.get('series_description') or ''}".strip()[:64]
-            write_dicom_seg(prediction.labels[0].numpy(), source["source_files"], target, names,
-                            num_classes=predictor.num_classes, software_version=__version__,
-                            series_description=description)
+            # the same instances with the same settings give the same UIDs: a result sent twice replaces itself
+            seed = "|".join([digest, *map(str, source.get("sop_instance_uids") or [])])
+            labels = prediction.labels[0].numpy()
+            if name == "dicom-seg":
+                description = f"medseg {source.get('series_description') or ''}".strip()[:64]
+                write_dicom_seg(labels, source["source_files"], target, names, descriptions=descriptions,
+                                software_version=__version__, series_description=description, uid_seed=seed)
+            else:
+                import numpy as np
+
+                from medseg.io.rtstruct import write_rtstruct
+
+                description = f"medseg RT {source.get('series_description') or ''}".strip()[:64]
+                write_rtstruct(labels, source["source_files"], target, names,
+                               affine=np.asarray(prediction.labels.affine),
+                               sop_instance_uids=source["sop_instance_uids"],
+                               frame_numbers=source.get("frame_numbers"), descriptions=descriptions,
+                               software_version=__version__, series_description=description, uid_seed=seed)
         else:
             write_labels(prediction.labels, target)
         return target
@@ -418,19 +467,20 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
                     if name in problems:
                         continue
                     try:
-                        written.append(str(write(name, prediction, case)))
+                        written.append(str(write(name, prediction, case, prepared.image)))
                     except MedsegError as exc:
                         if is_disk_full(exc):
                             raise
                         problems[name] = exc.problem
                 if save_probabilities and prediction.probabilities is not None:
                     written.append(str(write_probabilities(prediction.probabilities,
-                                                           probabilities_path(out, case.case_id), names)))
+                                                           probabilities_path(out, case.stem), names)))
                 timings["write"] = time.perf_counter() - t0
                 timings["total"] = time.perf_counter() - started
                 if problems:
                     wrote = ", ".join(f for f in formats if f not in problems)
-                    raise InferenceError(f"wrote {wrote}, not {', '.join(problems)}: {'; '.join(problems.values())}",
+                    why = "; ".join(problems.values())
+                    raise InferenceError(f"wrote {wrote}, not {', '.join(problems)}: {why}" if wrote else why,
                                          case.display)
                 ledger.finish(case.case_id, written, timings)
                 summary.done.append(case.case_id)

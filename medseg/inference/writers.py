@@ -5,9 +5,11 @@ into place), so a killed process or a full disk leaves either no file or a compl
 :func:`medseg.io.save_image` (atomic too) with the input's affine, so they carry its exact geometry.
 
 DICOM input can be written as a DICOM Segmentation (``highdicom.seg.Segmentation``, binary, one segment per
-foreground label named from the manifest or the plans) that references the source series: its frames are the
-source slices in the order of ``meta["source_files"]`` (sorted along the slice normal by :mod:`medseg.io.dicom`),
-each frame's pixel rows/columns are the source image's rows/columns, so it reads back aligned slice for slice.
+foreground label that holds voxels, named from the manifest or the plans and coded by
+:mod:`medseg.io.segment_codes`) that references the source series: its frames are the source slices in the order of
+``meta["source_files"]`` (sorted along the slice normal by :mod:`medseg.io.dicom`), empty frames left out, each
+frame's pixel rows/columns the source image's rows/columns, so it reads back aligned slice for slice. It can also be
+written as an RT Structure Set (:mod:`medseg.io.rtstruct`) for radiotherapy planning systems.
 """
 
 from __future__ import annotations
@@ -19,24 +21,22 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InferenceError
+from medseg.io.dicom_derived import derived_problem, derived_uid, read_sources
 from medseg.utils.files import atomic_write
 
 #: Output format → file ending.
-FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "png": ".png", "dicom-seg": ".dcm"}
+FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "png": ".png", "dicom-seg": ".dcm", "dicom-rtstruct": ".dcm"}
+#: What the DICOM formats add to a case's file name, so that both fit in one folder.
+DICOM_TAGS = {"dicom-seg": "_seg", "dicom-rtstruct": "_rtstruct"}
 #: Label value → name of the outputs (``{"1": "liver", …}``), written beside them; ``medseg volumes`` reads it.
 LABELS_FILE = "labels.json"
 
 
-#: Patient/study attributes a SEG must carry (Type 2: present, possibly empty), copied from the source images.
-TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                       "ReferringPhysicianName", "AccessionNumber", "StudyID")
-
-
 def output_path(out_dir: Path, case_id: str, fmt: str) -> Path:
-    """Where the label output of ``case_id`` goes."""
+    """Where the label output of ``case_id`` goes (``CASE.nii.gz``, ``CASE_seg.dcm``, ``CASE_rtstruct.dcm``…)."""
     if fmt not in FORMATS:
         raise InferenceError(f"unknown output format {fmt!r} (use {', '.join(FORMATS)})")
-    return out_dir / f"{case_id}{FORMATS[fmt]}"
+    return out_dir / f"{case_id}{DICOM_TAGS.get(fmt, '')}{FORMATS[fmt]}"
 
 
 def probabilities_path(out_dir: Path, case_id: str) -> Path:
@@ -45,24 +45,13 @@ def probabilities_path(out_dir: Path, case_id: str) -> Path:
 
 
 def dicom_seg_problem(meta: Mapping[str, Any]) -> str | None:
-    """Why a DICOM series (the ``meta`` of its loaded image) cannot be referenced by a DICOM SEG, or ``None``.
+    """Why a DICOM series (the ``meta`` of its loaded image) cannot be referenced by a DICOM SEG, or ``None``."""
+    return derived_problem(meta, "DICOM SEG")
 
-    A SEG references its source by StudyInstanceUID, SeriesInstanceUID, SOPClassUID and each slice's
-    SOPInstanceUID; anonymisation that empties them leaves nothing to reference.
-    """
-    missing = [name for name, key in (("StudyInstanceUID", "study_instance_uid"),
-                                      ("SeriesInstanceUID", "series_instance_uid"),
-                                      ("SOPClassUID", "sop_class_uid"))
-               if not str(meta.get(key) or "").strip()]
-    uids = list(meta.get("sop_instance_uids") or [])
-    if not uids or any(not str(u).strip() for u in uids):
-        missing.append("SOPInstanceUID")
-    if not meta.get("source_files"):
-        missing.append("source files")
-    if missing:
-        return (f"cannot be written as DICOM SEG: the source series has no {', '.join(missing)} (anonymised "
-                "without new UIDs?)")
-    return None
+
+def rtstruct_problem(meta: Mapping[str, Any]) -> str | None:
+    """Why a DICOM series (the ``meta`` of its loaded image) cannot be referenced by an RTSTRUCT, or ``None``."""
+    return derived_problem(meta, "RTSTRUCT")
 
 
 def write_labels(labels: Any, path: Path) -> Path:
@@ -81,9 +70,13 @@ def write_probabilities(probabilities: np.ndarray, path: Path, label_names: Mapp
     return atomic_write(path, lambda h: np.savez_compressed(h, probabilities=probabilities, labels=names))
 
 
-def segment_numbering(label_names: Mapping[int, str], present_max: int) -> list[tuple[int, str]]:
-    """Foreground ``(label value, name)`` pairs written as segments 1…N (values up to the model's classes)."""
-    values = sorted({v for v in label_names if v > 0} | set(range(1, present_max + 1)))
+def present_labels(labels: np.ndarray, label_names: Mapping[int, str]) -> list[tuple[int, str]]:
+    """Foreground ``(label value, name)`` pairs of the labels that hold at least one voxel, by value.
+
+    Labels without a name are named ``label_N``. These become segments (SEG) and ROIs (RTSTRUCT) 1…N in order:
+    empty labels are left out.
+    """
+    values = sorted(int(v) for v in np.unique(labels) if int(v) > 0)
     return [(v, str(label_names.get(v, f"label_{v}"))) for v in values]
 
 
@@ -93,11 +86,16 @@ def write_dicom_seg(
     path: Path,
     label_names: Mapping[int, str],
     *,
-    num_classes: int | None = None,
+    descriptions: Mapping[int, Any] | None = None,
     series_description: str = "medseg segmentation",
     software_version: str = "",
+    uid_seed: str | None = None,
 ) -> Path:
     """Write a label map of a DICOM series as a binary DICOM Segmentation (highdicom), atomically.
+
+    Each foreground label with voxels becomes one segment, coded as :mod:`medseg.io.segment_codes` describes it
+    (SNOMED CT category and type, laterality modifier, display colour as CIE L*a*b*); empty labels and empty frames
+    are left out.
 
     Args:
         labels: ``(X, Y, Z)`` label map on the series' grid: ``X`` columns, ``Y`` rows, ``Z`` the slices in the
@@ -105,64 +103,71 @@ def write_dicom_seg(
         source_files: The source slice files, one per ``Z`` index.
         path: Output ``.dcm`` file.
         label_names: Label value → segment label (background 0 is not written).
-        num_classes: Classes of the model (segments 1…K-1 are described even when empty).
+        descriptions: Label value → :class:`~medseg.io.segment_codes.LabelDescription` (default: from the names).
         series_description: SeriesDescription of the SEG.
         software_version: SoftwareVersions of the SEG.
+        uid_seed: Makes the SeriesInstanceUID and SOPInstanceUID reproducible (see :func:`derived_uid`).
 
     Returns:
         The path written.
+
+    Raises:
+        InferenceError: The label map does not fit the series, or it is empty (nothing to write).
     """
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
+
+    from medseg.io.segment_codes import describe_labels
 
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.shape[2] != len(source_files):
         raise InferenceError(f"a {labels.shape} label map does not match a series of {len(source_files)} slices",
                              path)
-    sources = [pydicom.dcmread(str(f)) for f in source_files]
-    for ds in sources:  # archives often omit these Type 2 attributes; highdicom copies them (empty is valid)
-        for keyword in TYPE2_PATIENT_STUDY:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:  # empty means the default repertoire
-            del ds.SpecificCharacterSet
+    sources = read_sources(source_files)
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     if labels.shape[:2] != (cols, rows):
         raise InferenceError(f"label map {labels.shape[:2]} does not match the source matrix {cols}×{rows}", path)
-    top = (num_classes - 1) if num_classes else int(labels.max())
-    segments = segment_numbering(label_names, top)
-    lookup = np.zeros(max(int(labels.max()), max((v for v, _ in segments), default=0)) + 1, dtype=np.uint16)
+    segments = present_labels(labels, label_names)
+    if not segments:
+        raise InferenceError("the prediction is empty: no segment to write", path)
+    coded = dict(descriptions or {})
+    coded.update({v: d for v, d in describe_labels(dict(segments)).items() if v not in coded})
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
     for number, (value, _) in enumerate(segments, start=1):
         lookup[value] = number
     pixel_array = lookup[np.transpose(labels, (2, 1, 0))]  # (frames, rows, columns), segment numbers
     algorithm = hd.AlgorithmIdentificationSequence(name="medseg", family=codes.cid7162.ArtificialIntelligence,
                                                    version=software_version or "unknown")
-    tissue = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name[:64], segmented_property_category=tissue,
-            segmented_property_type=tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm)
-        for number, (_, name) in enumerate(segments, start=1)
-    ]
-    if not descriptions:
-        raise InferenceError("no foreground labels to write as segments", path)
+    items = []
+    for number, (value, name) in enumerate(segments, start=1):
+        d = coded[value]
+        item = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name[:64],
+            segmented_property_category=hd.sr.CodedConcept(d.category.value, d.category.scheme, d.category.meaning),
+            segmented_property_type=hd.sr.CodedConcept(d.type.value, d.type.scheme, d.type.meaning),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*d.color))
+        if d.modifier is not None:
+            item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(d.modifier.value, d.modifier.scheme, d.modifier.meaning)]
+        items.append(item)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array.astype(np.uint16 if len(segments) > 255 else np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        segment_descriptions=items,
+        series_instance_uid=derived_uid(uid_seed, "seg-series"),
         series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derived_uid(uid_seed, "seg-instance"),
         instance_number=1,
         manufacturer="medseg",
         manufacturer_model_name="medseg predict",
         software_versions=software_version or "unknown",
         device_serial_number="0",
         series_description=series_description,
-        omit_empty_frames=False,
+        content_label="MEDSEG",
+        content_description=f"medseg {len(segments)} segment(s)"[:64],
+        omit_empty_frames=True,
     )
     return atomic_write(path, lambda h: seg.save_as(h, enforce_file_format=True))
 

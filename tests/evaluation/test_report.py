@@ -75,7 +75,7 @@ def test_report_is_self_contained(report_result, tmp_path: Path) -> None:
     assert not re.search(r"url\(\s*['\"]?(https?:)?//|@import", html, re.I)
     assert "<?xml" not in html and "<!DOCTYPE svg" not in html
     assert html.count("<svg") == len(report_result.metric_keys) == 6  # one plot per metric
-    assert html.count("<img") == 3  # c3 (ref and pred slices differ) and c2, the two worst cases
+    assert html.count("<img") == 2  # c3 and c2, the two worst cases: one three-plane picture each
     assert html.count("<tr class=") == 6 and "<tr class=missed>" in html
     assert "c3 — foreground Dice" in html
 
