@@ -93,3 +93,7 @@ class TrainingError(MedsegError):
 
 class InferenceError(MedsegError):
     """Prediction cannot run as asked: a missing run folder or checkpoint, folds that differ, an unusable input."""
+
+
+class PacsError(MedsegError):
+    """A DICOM node or DICOMweb server cannot be reached, refuses a request, or answers with a failure."""

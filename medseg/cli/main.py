@@ -47,7 +47,7 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, evaluate, info, models, planning, predict, run, train, volumes
+    from medseg.cli import convert, dataset, evaluate, info, listen, models, planning, predict, run, train, volumes
 
     info.register(app)
     models.register(app)
@@ -59,6 +59,7 @@ def _register_subcommands() -> None:
     run.register(app)
     predict.register(app)
     volumes.register(app)
+    listen.register(app)
 
 
 _register_subcommands()

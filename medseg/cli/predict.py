@@ -34,8 +34,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("predict")
     def predict(
-        input_path: Path = typer.Option(..., "--input", "-i",
-                                        help="Image file, folder of image files, manifest (.json) or DICOM tree."),
+        input_path: str = typer.Option(..., "--input", "-i",
+                                       help="Image file, folder of image files, manifest (.json), DICOM tree, a "
+                                            "DICOM node AET@HOST:PORT (with --study-uid, --series-uid or "
+                                            "--accession) or a DICOMweb study/series URL."),
         out: Path = typer.Option(..., "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
         models: list[Path] = typer.Option(..., "--model", "-m",
                                           help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K); repeat "
@@ -50,8 +52,8 @@ def register(app: typer.Typer) -> None:
                                           help="Where the stitched volume lives: auto (device when it fits), cpu "
                                                "or cuda."),
         fmt: str = typer.Option("nifti", "--format",
-                                help="nifti, nrrd, png (2D pictures) or dicom-seg (DICOM input); several "
-                                     "comma-separated (nifti,dicom-seg) write each."),
+                                help="nifti, nrrd, png (2D pictures), dicom-seg or dicom-rtstruct (DICOM input); "
+                                     "several comma-separated (nifti,dicom-seg,dicom-rtstruct) write each."),
         save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                                 help="Also write CASE_probabilities.npz (float16, native grid)."),
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component of each class."),
@@ -62,6 +64,24 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait",
                                   help="When another batch is writing the output folder, wait for it to finish "
                                        "instead of refusing."),
+        preview: bool = typer.Option(False, "--preview",
+                                     help="Also write previews/CASE.png: the prediction over the image in three "
+                                          "planes through each label's largest extent, with a legend."),
+        statistics: bool = typer.Option(False, "--statistics",
+                                        help="Also write statistics.csv/.json/.html: per label volume (mL) and the "
+                                             "image under it (mean, std, median, p5/p95; HU for CT)."),
+        send_to: list[str] = typer.Option([], "--send-to",
+                                          help="Send the DICOM results (SEG, RTSTRUCT) to AET@HOST:PORT (C-STORE) or "
+                                               "a DICOMweb base URL (STOW-RS); repeat for several. Each is sent "
+                                               "once; failed sends are retried by the next run."),
+        study_uid: str = typer.Option(None, "--study-uid", help="DIMSE source: the StudyInstanceUID to fetch."),
+        series_uid: str = typer.Option(None, "--series-uid", help="DIMSE source: the SeriesInstanceUID to fetch."),
+        accession: str = typer.Option(None, "--accession", help="DIMSE source: the AccessionNumber to fetch."),
+        retrieve: str = typer.Option("get", "--retrieve", help="DIMSE source: get (C-GET) or move (C-MOVE)."),
+        aet: str = typer.Option("MEDSEG", "--aet", help="Our AE title towards DICOM nodes."),
+        move_port: int = typer.Option(None, "--move-port", min=1, max=65535,
+                                      help="C-MOVE: the port the node sends the series to (it must know --aet at "
+                                           "this host and port)."),
     ) -> None:
         """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
 
@@ -75,33 +95,136 @@ def register(app: typer.Typer) -> None:
         _choice(stitch_device, ("auto", "cpu", "cuda"), "--stitch-device")
         formats = [f.strip() for f in fmt.split(",") if f.strip()] or ["nifti"]
         for item in formats:
-            _choice(item, ("nifti", "nrrd", "png", "dicom-seg"), "--format")
+            _choice(item, ("nifti", "nrrd", "png", "dicom-seg", "dicom-rtstruct"), "--format")
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
         fold_list = _folds(folds)
-        from medseg.inference import Predictor, discover_cases, load_folds, run_batch
-
-        cases, input_manifest = discover_cases(input_path)
+        from medseg.inference import Predictor, load_folds, run_batch
         from medseg.utils.files import FolderLock
 
+        if send_to:
+            from medseg.pacs.address import parse_destination
+
+            for destination in send_to:
+                parse_destination(destination)
+        def inputs() -> tuple[list, object]:
+            return _cases(input_path, out, study_uid=study_uid, series_uid=series_uid, accession=accession,
+                          method=retrieve, aet=aet, move_port=move_port)
+
+        remote = _is_remote(input_path)
+        if not remote:  # a local input is checked before the output folder is made
+            cases, input_manifest = inputs()
         with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
+            if remote:  # fetched into the output folder, under its lock
+                cases, input_manifest = inputs()
             loaded = load_folds(models, fold_list, checkpoint)
             predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
                                   stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
             names = predictor.label_names
+            label_info: dict[int, dict[str, object]] = {}
             if manifest is not None:
                 from medseg.data import load_manifest
 
-                names = load_manifest(manifest).label_names
+                loaded_manifest = load_manifest(manifest)
+                names, label_info = loaded_manifest.label_names, dict(loaded_manifest.label_info)
             elif input_manifest is not None:
-                names = input_manifest.label_names
+                names, label_info = input_manifest.label_names, dict(input_manifest.label_info)
             settings = {
                 "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
+                **({"label_info": {str(k): v for k, v in label_info.items()}} if label_info else {}),
             }
             typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
             summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,
-                                label_names=names, settings=settings, progress=progress, wait=wait)
+                                label_names=names, settings=settings, progress=progress, wait=wait,
+                                label_info=label_info, preview=preview)
+            unsent = _send(cases, out, send_to, aet) if send_to else 0
+            if statistics:
+                _statistics(cases, out, names)
         for line in summary.lines():
             typer.echo(line)
-        raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed or summary.stopped else 0)
+        if unsent:
+            typer.echo(f"{unsent} result(s) not sent (see outbox.sqlite; run the same command again to retry)")
+        raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed or summary.stopped or unsent else 0)
+
+
+def _is_remote(input_path: str) -> bool:
+    """Whether INPUT names a PACS source (``AET@HOST:PORT`` or an http(s) URL) rather than an existing path."""
+    from medseg.pacs.address import parse_source
+
+    return not Path(input_path).exists() and parse_source(input_path) is not None
+
+
+def _cases(input_path: str, out: Path, *, study_uid: str | None, series_uid: str | None, accession: str | None,
+           method: str, aet: str, move_port: int | None) -> tuple[list, object]:
+    """The cases of INPUT: a local path as it is, a PACS source fetched into OUT/retrieved first."""
+    from medseg.inference import discover_cases
+    if not _is_remote(input_path):
+        if study_uid or series_uid or accession:
+            from medseg.errors import InferenceError
+
+            raise InferenceError("--study-uid, --series-uid and --accession select from a DICOM node "
+                                 "(-i AET@HOST:PORT)", input_path)
+        return discover_cases(input_path)
+    from medseg.pacs.sources import fetch_source
+
+    fetched = fetch_source(input_path, out, study_uid=study_uid, series_uid=series_uid, accession=accession,
+                           method=method, calling_aet=aet, move_port=move_port) or {}
+    cases = []
+    for files in fetched.values():
+        cases.extend(discover_cases(files[0].parent)[0])
+    typer.echo(f"fetched {len(fetched)} series from {input_path}", err=True)
+    return cases, None
+
+
+def _send(cases: list, out: Path, destinations: list[str], aet: str) -> int:
+    """Queue the DICOM results of the cases for each destination, send what is due; returns how many are unsent."""
+    from medseg.inference.ledger import Ledger
+    from medseg.pacs.outbox import Outbox, send_due
+
+    with Ledger(out) as ledger, Outbox(out) as outbox:
+        outbox.retry_failed()
+        for case in cases:
+            record = ledger.get(case.case_id)
+            if record is None or record.status != "done":
+                continue
+            files = [p for p in record.outputs if p.endswith(".dcm")]
+            uid = getattr(case.series, "series_instance_uid", "") or ""
+            for destination in destinations:
+                outbox.enqueue(files, destination, uid)
+        sent, _ = send_due(outbox, calling_aet=aet, retry_after=0.0, max_attempts=1,
+                           report=lambda line: typer.echo(line, err=True))
+        if sent:
+            typer.echo(f"sent {sent} result(s) to {', '.join(destinations)}", err=True)
+        return len(outbox.rows("failed")) + len(outbox.rows("pending"))
+
+
+def _statistics(cases: list, out: Path, names: dict[int, str]) -> None:
+    """Write statistics.csv/.json/.html: volumes and the image under each label of every case done."""
+    from medseg.evaluation.volumes import ImageSource, measure_volumes, write_volume_report
+    from medseg.inference.ledger import Ledger
+
+    files: dict[str, Path] = {}
+    images: dict[str, ImageSource] = {}
+    with Ledger(out) as ledger:
+        for case in cases:
+            record = ledger.get(case.case_id)
+            if record is None or record.status != "done":
+                continue
+            label_maps = [p for p in record.outputs if p.endswith((".nii.gz", ".nii", ".nrrd"))] + \
+                [p for p in record.outputs if p.endswith("_seg.dcm")]
+            if not label_maps:
+                continue
+            files[case.stem] = Path(label_maps[0])
+            if case.kind == "dicom":
+                info = case.series
+                images[case.stem] = ImageSource((Path(case.paths[0]).parent,), info.series_instance_uid or None,
+                                                (), info.modality)
+            else:
+                images[case.stem] = ImageSource(tuple(Path(p) for p in case.paths))
+    if not files:
+        typer.echo("statistics: no label map among the outputs (add nifti or dicom-seg to --format)", err=True)
+        return
+    report = measure_volumes(out, names, images=images, files=files)
+    paths = write_volume_report(report, out, name="statistics")
+    typer.echo(f"statistics: {paths['html']}", err=True)

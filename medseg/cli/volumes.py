@@ -25,13 +25,21 @@ def register(app: typer.Typer) -> None:
             None, "--manifest", help="Name the labels from a dataset manifest (default: labels.json in the folder, "
             "the DICOM SEG segment labels, or the values)."
         ),
+        image: Path = typer.Option(
+            None, "--image", help="Also measure the image under each label (mean, std, median, p5/p95, min, max; HU "
+            "for CT): an image file, a folder of images (by case id), a manifest, or a DICOM tree (a SEG by the "
+            "series it references, other files by the names medseg predict gives a series' outputs)."
+        ),
     ) -> None:
-        """Report label volumes in millilitres; labels absent from a case count 0 mL. Unreadable files are listed."""
+        """Report label volumes in millilitres; labels absent from a case count 0 mL. Unreadable files are listed.
+
+        With --image, also the intensity statistics of the image under every label, per channel.
+        """
         from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
 
-        from medseg.evaluation.volumes import measure_volumes, write_volume_report
+        from medseg.evaluation.volumes import list_segmentations, measure_volumes, pair_images, write_volume_report
 
         names = None
         if manifest is not None:
@@ -46,7 +54,12 @@ def register(app: typer.Typer) -> None:
             if status != "done":
                 err.print(f"{case_id}: {status}", markup=False, highlight=False)
 
-        report = measure_volumes(segmentations, names, on_case=on_case)
+        images = None
+        if image is not None:
+            images, unpaired = pair_images(list_segmentations(segmentations), image)
+            for case_id in unpaired:
+                err.print(f"{case_id}: no image found in {image}; volumes only", markup=False, highlight=False)
+        report = measure_volumes(segmentations, names, on_case=on_case, images=images)
         paths = write_volume_report(report, out_dir)
         console = Console(width=None if Console().is_terminal else 160)
         table = Table(title=f"{len(report.cases)} segmentation(s): volume per label (mL)")
@@ -64,6 +77,15 @@ def register(app: typer.Typer) -> None:
             more = [f"… {len(report.cases) - MAX_PRINTED_CASES} more", *([""] * (2 if dicom else 0))]
             table.add_row(*more, *([""] * len(report.labels)))
         console.print(table)
+        if report.with_intensity:
+            stats = Table(title="image under each label: mean ± std [p5, p95]")
+            for column in ("case", "label", "channel", "unit"):
+                stats.add_column(column)
+            stats.add_column("mean ± std [p5, p95]", justify="right")
+            for row in [r for r in report.rows() if isinstance(r.get("mean"), float)][:MAX_PRINTED_CASES]:
+                stats.add_row(escape(row["case_id"]), escape(row["name"]), escape(row["channel"]), row["unit"],
+                              f"{row['mean']:.1f} ± {row['std']:.1f} [{row['p5']:.1f}, {row['p95']:.1f}]")
+            console.print(stats)
         for kind in ("csv", "json"):
             console.print(f"wrote {paths[kind]}", markup=False, highlight=False)
         console.print(f"report: {paths['html']}", markup=False, highlight=False)

@@ -14,6 +14,7 @@ written as an RT Structure Set (:mod:`medseg.io.rtstruct`) for radiotherapy plan
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,17 @@ def write_dicom_seg(
             item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 hd.sr.CodedConcept(d.modifier.value, d.modifier.scheme, d.modifier.meaning)]
         items.append(item)
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():
+        # highdicom warns about single-component patient names, quoting the name: no patient data in logs
+        warnings.filterwarnings("ignore", message=".*intended person name.*", category=UserWarning)
+        seg = _segmentation(hd, sources, pixel_array, segments, items, uid_seed, software_version,
+                            series_description)
+    return atomic_write(path, lambda h: seg.save_as(h, enforce_file_format=True))
+
+
+def _segmentation(hd: Any, sources: list[Any], pixel_array: np.ndarray, segments: list[tuple[int, str]],
+                  items: list[Any], uid_seed: str | None, software_version: str, series_description: str) -> Any:
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array.astype(np.uint16 if len(segments) > 255 else np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -169,7 +180,6 @@ def write_dicom_seg(
         content_description=f"medseg {len(segments)} segment(s)"[:64],
         omit_empty_frames=True,
     )
-    return atomic_write(path, lambda h: seg.save_as(h, enforce_file_format=True))
 
 
 def read_dicom_seg_labels(path: Path, source_sop_instance_uids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:

@@ -14,7 +14,9 @@ inside when an odd number of the slice's contours enclose it; DICOM PS3.3 C.8.8.
 recognised as such), and :func:`rasterize_rtstruct` reads them back that way: a pixel is in the ROI when its centre
 is enclosed by an odd number of the ROI's contours on its slice. Marching-squares contours at level 0.5 never pass
 through a pixel centre, so rasterising them back gives the label map again, pixel for pixel (points are stored to
-0.001 mm). Collinear points along straight runs are dropped, which does not move the boundary.
+0.001 mm). Collinear points along straight runs are dropped, which does not move the boundary. The file is written
+in Implicit VR Little Endian, whose 32-bit value lengths hold contours of any length (an explicit VR DS value stops
+at 64 KiB).
 """
 
 from __future__ import annotations
@@ -133,6 +135,25 @@ def _ds_text(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+#: (3006,0050) Contour Data.
+_CONTOUR_DATA = 0x30060050
+
+
+def _raw_ds(tag: int, values: np.ndarray) -> Any:
+    """A DS element of many values, encoded once as text.
+
+    pydicom's per-value checks take minutes for long contours; each value has at most 16 characters
+    (``-123456.789``), as DS requires.
+    """
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    raw = "\\".join(_ds_text(float(v)) for v in values).encode("ascii")
+    if len(raw) % 2:
+        raw += b" "
+    return RawDataElement(Tag(tag), "DS", len(raw), raw, 0, True, True)
+
+
 def write_rtstruct(
     labels: np.ndarray,
     source_files: Sequence[str | Path],
@@ -171,7 +192,7 @@ def write_rtstruct(
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ImplicitVRLittleEndian
 
     from medseg.io.segment_codes import describe_labels
 
@@ -195,7 +216,7 @@ def write_rtstruct(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = derived_uid(uid_seed, "rtstruct-instance")
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian  # 32-bit lengths: long contours fit
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
@@ -265,7 +286,7 @@ def write_rtstruct(
                 item.ContourGeometricType = "CLOSED_PLANAR"
                 item.NumberOfContourPoints = len(points)
                 item.ContourNumber = len(items) + 1
-                item.ContourData = [_ds_text(v) for v in points.ravel()]
+                item[_CONTOUR_DATA] = _raw_ds(_CONTOUR_DATA, points.ravel())
                 items.append(item)
         roi_contour = Dataset()
         roi_contour.ROIDisplayColor = list(d.color)
@@ -285,6 +306,10 @@ def write_rtstruct(
     ds.ROIContourSequence = contours_seq
     ds.RTROIObservationsSequence = observations
     ds.ApprovalStatus = "UNAPPROVED"
+
+    for roi_contour in contours_seq:  # written as they are: no re-parsing of the contour text (see _raw_ds)
+        for item in roi_contour.ContourSequence:
+            item.set_original_encoding(True, True, item._character_set)
 
     def produce(handle: Any) -> None:
         pydicom.dcmwrite(handle, ds, enforce_file_format=True)
