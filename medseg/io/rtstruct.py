@@ -13,10 +13,10 @@ Holes follow the even-odd rule that planning systems apply to the contours of on
 inside when an odd number of the slice's contours enclose it: an inner contour, wholly inside an outer one, cuts a
 hole, and an island inside that hole is a third contour), and :func:`rasterize_rtstruct` reads them back that way: a
 pixel is in the ROI when its centre is enclosed by an odd number of the ROI's contours on its slice.
-Marching-squares contours at level 0.5 never pass through a pixel centre, so rasterising them back gives the label map again,
-pixel for pixel (points are stored to 0.001 mm). Collinear points along straight runs are dropped, which does not
-move the boundary. The file is written in Implicit VR Little Endian, whose 32-bit value lengths hold contours of any
-length (an explicit VR DS value stops at 64 KiB).
+Marching-squares contours at level 0.5 never pass through a pixel centre, so rasterising them back gives the label
+map again, pixel for pixel (points are stored to 0.001 mm). Collinear points along straight runs are dropped, which
+does not move the boundary. The file is written in Implicit VR Little Endian, whose 32-bit value lengths hold
+contours of any length (an explicit VR DS value stops at 64 KiB).
 """
 
 from __future__ import annotations
