@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -15,8 +16,15 @@ from dicom_series import write_series
 from testutils import oblique_affine
 
 from medseg.cli.main import main
-from medseg.evaluation.volumes import measure_volumes, write_volume_report
-from medseg.io import load_image
+from medseg.evaluation.volumes import list_segmentations, measure_volumes, pair_images, write_volume_report
+from medseg.io import load_image, save_image
+
+
+def _cli(args: list[Any]) -> tuple[int, str]:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        code = main([str(a) for a in args])
+    return code, buffer.getvalue()
 
 
 def _label_file(path: Path, counts: dict[int, int], affine: np.ndarray, shape=(20, 20, 10)) -> Path:
@@ -109,3 +117,64 @@ def test_dicom_seg_volumes_equal_the_label_map_volumes(mni_crop, tmp_path: Path)
         assert case.volume_ml(value) == pytest.approx(np.count_nonzero(labels == value) * voxel_ml)
     paths = write_volume_report(report, tmp_path / "report")
     assert paths["csv"].exists() and paths["html"].exists()
+
+
+# Intensity under each mask ----------------------------------------------------------------------------------------
+
+
+def _spleen(shared_data: Path) -> tuple[Any, np.ndarray]:
+    from medseg.io import load_image
+
+    folder = shared_data / "ivadomed_msd_spleen"
+    image = load_image(folder / "sub-spleen2_ct.nii.gz")
+    return image, (load_image(folder / "sub-spleen2_ct_seg-manual.nii.gz").numpy()[0] > 0).astype(np.uint8)
+
+
+def test_intensity_statistics_of_real_ct_in_hounsfield_units(shared_data: Path, tmp_path: Path) -> None:
+    """The spleen under its manual mask, from a DICOM SEG paired with its CT series in a DICOM tree."""
+    pytest.importorskip("highdicom")
+    from medseg.inference.writers import write_dicom_seg
+    from medseg.io import load_image
+
+    image, mask = _spleen(shared_data)
+    hu = image.numpy()[0]
+    write_series(hu, np.asarray(image.meta["affine"]), tmp_path / "tree" / "pat" / "ct", modality="CT",
+                 intercept=-1024.0, description="abdomen")
+    write_series(hu[::-1], np.asarray(image.meta["affine"]), tmp_path / "tree" / "pat" / "other", modality="CT",
+                 intercept=-1024.0, description="other")  # a second series the SEG does not reference
+    source = load_image(tmp_path / "tree" / "pat" / "ct")
+    write_dicom_seg(mask, source.meta["source_files"], tmp_path / "segs" / "spleen_seg.dcm", {1: "spleen"})
+    code, text = _cli(["volumes", tmp_path / "segs", "--image", tmp_path / "tree", "-o", tmp_path / "report"])
+    assert code == 0, text
+    rows = list(csv.DictReader((tmp_path / "report" / "volumes.csv").read_text().splitlines()))
+    (row,) = rows
+    inside = hu[mask > 0]
+    assert row["name"] == "spleen" and row["unit"] == "HU" and row["channel"] == "image"
+    assert float(row["mean"]) == pytest.approx(inside.mean(), abs=1e-3)
+    assert float(row["median"]) == pytest.approx(np.median(inside), abs=1e-3)
+    assert float(row["p5"]) == pytest.approx(np.percentile(inside, 5), abs=1e-3)
+    assert float(row["p95"]) == pytest.approx(np.percentile(inside, 95), abs=1e-3)
+    assert 20 < float(row["mean"]) < 200  # soft tissue, in HU
+    summary = json.loads((tmp_path / "report" / "volumes.json").read_text())
+    assert summary["cases"]["spleen_seg"]["intensity_unit"] == "HU"
+    html = (tmp_path / "report" / "volumes.html").read_text()
+    assert "Intensity under each mask" in html and "image under each label" in text
+
+
+def test_intensity_statistics_paired_by_case_id_and_manifest(mni_crop, tmp_path: Path) -> None:
+    data, affine = mni_crop
+    labels = (data > np.percentile(data, 70)).astype(np.uint8)
+    labels[:10] *= 2
+    save_image(labels[None], tmp_path / "segs" / "case.nii.gz", affine=affine)
+    save_image(data[None], tmp_path / "images" / "case_0000.nii.gz", affine=affine)
+    report = measure_volumes(tmp_path / "segs", {1: "bright", 2: "edge"},
+                             images=pair_images(list_segmentations(tmp_path / "segs"), tmp_path / "images")[0])
+    (case,) = report.cases
+    assert case.unit == "" and set(case.intensity) == {1, 2}
+    assert case.intensity[2]["image"]["mean"] == pytest.approx(float(data[labels == 2].mean()), rel=1e-5)
+    manifest = {"name": "m", "channels": [{"name": "T1", "modality": "MR"}], "labels": {"background": 0, "bright": 1},
+                "cases": [{"id": "case", "images": ["images/case_0000.nii.gz"]}]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    images, missing = pair_images({"case": tmp_path / "segs" / "case.nii.gz", "other": tmp_path / "x.nii.gz"},
+                                  tmp_path / "m.json")
+    assert missing == ["other"] and images["case"].channels == ("T1",)
