@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         Logs name series by SeriesInstanceUID and peers by AE title, never patient data.
         """
         from medseg.errors import InferenceError
-        from medseg.pacs.address import check_aet, parse_destination
+        from medseg.pacs.address import check_aet, parse_destination, require_pacs_extra
 
         if status:
             from medseg.pacs.node import node_report
@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
             return
         if not models:
             raise InferenceError("--model is required to listen (the run folder of `medseg train`)")
+        require_pacs_extra("medseg listen")
         aet = check_aet(aet, "--aet")
         allowed = tuple(check_aet(a, "--allow") for a in allow)
         destinations = tuple(send_to)

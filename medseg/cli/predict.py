@@ -103,8 +103,9 @@ def register(app: typer.Typer) -> None:
         from medseg.utils.files import FolderLock
 
         if send_to:
-            from medseg.pacs.address import parse_destination
+            from medseg.pacs.address import parse_destination, require_pacs_extra
 
+            require_pacs_extra("--send-to")
             for destination in send_to:
                 parse_destination(destination)
         def inputs() -> tuple[list, object]:

@@ -61,7 +61,7 @@ def list_case_files(folder: str | Path, what: str = "folder", endings: Sequence[
                     ) -> dict[str, Path]:
     """Image files (by ``endings``) directly in ``folder`` by case id (:func:`medseg.io.naming.case_id_of`).
 
-    Hidden files and sub-folders are ignored.
+    Hidden files, sub-folders and RT Structure Sets are ignored.
 
     Raises:
         EvaluationError: The folder is missing, or two files share a case id (``a.nii`` and ``a.nii.gz``, or
@@ -75,12 +75,21 @@ def list_case_files(folder: str | Path, what: str = "folder", endings: Sequence[
         if path.name.startswith(".") or not path.is_file():
             continue
         case_id = case_id_of(path, endings)
-        if case_id is None:
+        if case_id is None or _is_structure_set(path):
             continue
         if case_id in found:
             raise EvaluationError(f"two files for case {case_id}: {found[case_id].name} and {path.name}", folder)
         found[case_id] = path
     return found
+
+
+def _is_structure_set(path: Path) -> bool:
+    """Whether a ``.dcm`` file is an RT Structure Set (contours, not a label map; written beside SEGs)."""
+    if path.suffix.lower() != DICOM_SUFFIX:
+        return False
+    from medseg.io.rtstruct import is_rtstruct
+
+    return is_rtstruct(path)
 
 
 def referenced_series_uid(path: str | Path) -> str | None:

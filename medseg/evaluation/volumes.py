@@ -187,10 +187,7 @@ def list_segmentations(path: str | Path) -> dict[str, Path]:
     path = Path(path)
     if path.is_file():
         return {case_id_of(path, SEGMENTATION_SUFFIXES) or safe_case_id(path.stem): path}
-    from medseg.io.rtstruct import is_rtstruct
-
-    found = {case_id: file for case_id, file in list_case_files(path, "segmentation", SEGMENTATION_SUFFIXES).items()
-             if not (file.suffix.lower() == ".dcm" and is_rtstruct(file))}  # contours, not a label map
+    found = list_case_files(path, "segmentation", SEGMENTATION_SUFFIXES)
     if not found:
         raise EvaluationError("no segmentations found (NIfTI, NRRD, MetaImage or DICOM SEG files)", path)
     return found

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from medseg.errors import PacsError, quote
 
-_NODE = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
+_NODE = re.compile(r"^(?P<aet>[^@]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,19 @@ class DicomWebTarget:
 
     def __str__(self) -> str:
         return self.base
+
+
+def require_pacs_extra(what: str = "DICOM networking") -> None:
+    """Raise a one-line error naming the extra to install when pynetdicom or dicomweb-client is missing.
+
+    Raises:
+        PacsError: A library of the ``pacs`` extra is not installed.
+    """
+    import importlib.util
+
+    missing = [name for name in ("pynetdicom", "dicomweb_client") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise PacsError(f"{what} needs {', '.join(missing)}: pip install 'medseg[pacs]'")
 
 
 def check_aet(aet: str, what: str = "AE title") -> str:

@@ -168,8 +168,9 @@ class Outbox:
 
 def sender(destination: str, calling_aet: str = "MEDSEG") -> Callable[[Sequence[str | Path]], None]:
     """A function that sends files to ``destination`` (C-STORE or STOW-RS), raising on failure."""
-    from medseg.pacs.address import DicomWebTarget, parse_destination
+    from medseg.pacs.address import DicomWebTarget, parse_destination, require_pacs_extra
 
+    require_pacs_extra("--send-to")
     target = parse_destination(destination)
     if isinstance(target, DicomWebTarget):
         from medseg.pacs import dicomweb

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.errors import PacsError
-from medseg.pacs.address import DicomWebTarget, RemoteNode, parse_source
+from medseg.pacs.address import DicomWebTarget, RemoteNode, parse_source, require_pacs_extra
 
 RETRIEVED = "retrieved"
 
@@ -38,6 +38,7 @@ def fetch_source(text: str, out_dir: str | Path, *, study_uid: str | None = None
     source = parse_source(text)
     if source is None:
         return None
+    require_pacs_extra("a PACS source")
     root = Path(out_dir) / RETRIEVED
     if isinstance(source, DicomWebTarget):
         if study_uid or series_uid or accession:

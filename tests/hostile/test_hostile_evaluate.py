@@ -119,8 +119,7 @@ def test_dicom_seg_predictions_are_paired_by_their_series(cli, tmp_path: Path, m
                 "cases": [{"id": "subject", "images": [str(tmp_path / "study" / "t1")],
                            "label": str(tmp_path / "ref" / "subject.nii.gz")}]}
     (tmp_path / "m.json").write_text(json.dumps(manifest))
-    write_dicom_seg(label, source.meta["source_files"], tmp_path / "pred" / "1.2.3.dcm", {1: "tissue"},
-                    num_classes=2)
+    write_dicom_seg(label, source.meta["source_files"], tmp_path / "pred" / "1.2.3.dcm", {1: "tissue"})
     result = cli("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "m.json", "-o", tmp_path / "out",
                  "--no-report", "--workers", "1")
     assert result.code == 0, result.err
