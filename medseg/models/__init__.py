@@ -11,11 +11,14 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 
 from medseg.models import natural as _natural  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
+from medseg.models.attention import csa_unet as _attention_csa_unet  # noqa: F401
+from medseg.models.attention import sclerasegnet as _attention_sclerasegnet  # noqa: F401
 from medseg.models.base import SegmentationModel
 
 # Importing a model module registers its models (one line per architecture).
 from medseg.models.dense import dense_vnet as _dense_dense_vnet  # noqa: F401
 from medseg.models.dense import fc_densenet as _dense_fc_densenet  # noqa: F401
+from medseg.models.dense import fd_unet as _dense_fd_unet  # noqa: F401
 from medseg.models.dense import h_denseunet as _dense_h_denseunet  # noqa: F401
 from medseg.models.dense import hyperdensenet as _dense_hyperdensenet  # noqa: F401
 from medseg.models.monai_wrappers import segresnet as _monai_segresnet  # noqa: F401
@@ -24,7 +27,9 @@ from medseg.models.monai_wrappers import unetr as _monai_unetr  # noqa: F401
 from medseg.models.multires import multiresunet as _multires_multiresunet  # noqa: F401
 from medseg.models.nnunet import dynamic_unet as _nnunet_dynamic_unet  # noqa: F401
 from medseg.models.nnunet import resenc_unet as _nnunet_resenc_unet  # noqa: F401
+from medseg.models.recurrent import birnn_unet as _recurrent_birnn_unet  # noqa: F401
 from medseg.models.recurrent import r2unet as _recurrent_r2unet  # noqa: F401
+from medseg.models.recurrent import recurrent_unet as _recurrent_recurrent_unet  # noqa: F401
 from medseg.models.registry import (
     ModelInfo,
     PaperConfig,
@@ -39,9 +44,13 @@ from medseg.models.registry import (
 )
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
+from medseg.models.unet import cenet as _unet_cenet  # noqa: F401
+from medseg.models.unet import laddernet as _unet_laddernet  # noqa: F401
 from medseg.models.unet import unet as _unet_unet  # noqa: F401
 from medseg.models.unet import unet3d as _unet_unet3d  # noqa: F401
+from medseg.models.unet import unetplus as _unet_unetplus  # noqa: F401
 from medseg.models.unet import unetpp as _unet_unetpp  # noqa: F401
+from medseg.models.unet import wnet as _unet_wnet  # noqa: F401
 from medseg.models.vnet import vnet as _vnet_vnet  # noqa: F401
 
 __all__ = [
