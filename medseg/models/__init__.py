@@ -44,13 +44,13 @@ from medseg.models.registry import (
 )
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
-from medseg.models.unet import cenet as _unet_cenet  # noqa: F401
-from medseg.models.unet import laddernet as _unet_laddernet  # noqa: F401
 from medseg.models.unet import unet as _unet_unet  # noqa: F401
 from medseg.models.unet import unet3d as _unet_unet3d  # noqa: F401
-from medseg.models.unet import unetplus as _unet_unetplus  # noqa: F401
 from medseg.models.unet import unetpp as _unet_unetpp  # noqa: F401
-from medseg.models.unet import wnet as _unet_wnet  # noqa: F401
+from medseg.models.unet_variants import cenet as _unet_variants_cenet  # noqa: F401
+from medseg.models.unet_variants import laddernet as _unet_variants_laddernet  # noqa: F401
+from medseg.models.unet_variants import unetplus as _unet_variants_unetplus  # noqa: F401
+from medseg.models.unet_variants import wnet as _unet_variants_wnet  # noqa: F401
 from medseg.models.vnet import vnet as _vnet_vnet  # noqa: F401
 
 __all__ = [

@@ -14,8 +14,8 @@ from medseg.models.attention.csa_unet import ConnectionSensitiveGate
 from medseg.models.attention.sclerasegnet import HighGuidedAttention
 from medseg.models.blocks import CBAM, DenseBlock
 from medseg.models.recurrent.recurrent_unet import GatedRecurrentUnit
-from medseg.models.unet.cenet import DenseAtrousBlock, ResidualMultiKernelPooling
-from medseg.models.unet.laddernet import LadderUNet, SharedResidualBlock
+from medseg.models.unet_variants.cenet import DenseAtrousBlock, ResidualMultiKernelPooling
+from medseg.models.unet_variants.laddernet import LadderUNet, SharedResidualBlock
 
 MODELS = ["laddernet", "fd_unet", "unetplus", "birnn_unet", "cenet", "csa_unet", "wnet", "sclerasegnet",
           "recurrent_unet"]

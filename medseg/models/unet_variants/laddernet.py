@@ -122,7 +122,7 @@ class LadderUNet(nn.Module):
 
 @register_model(
     "laddernet",
-    family="unet",
+    family="unet_variants",
     spatial_dims=(2, 3),
     paper_title="LadderNet: Multi-path networks based on U-Net for medical image segmentation",
     paper_year=2018,

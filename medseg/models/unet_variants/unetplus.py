@@ -64,7 +64,7 @@ class NearestDecoderBlock(nn.Sequential):
 
 @register_model(
     "unetplus",
-    family="unet",
+    family="unet_variants",
     spatial_dims=(2, 3),
     paper_title="U-NetPlus: A Modified Encoder-Decoder U-Net Architecture for Semantic and Instance Segmentation of "
                 "Surgical Instruments from Laparoscopic Images",

@@ -72,7 +72,7 @@ class WNetDecoder(nn.Module):
 
 @register_model(
     "wnet",
-    family="unet",
+    family="unet_variants",
     spatial_dims=(2, 3),
     paper_title="W-Net: Reinforced U-Net for Density Map Estimation",
     paper_year=2019,

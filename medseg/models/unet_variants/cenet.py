@@ -137,7 +137,7 @@ class CENetDecoderBlock(nn.Sequential):
 
 @register_model(
     "cenet",
-    family="unet",
+    family="unet_variants",
     spatial_dims=(2, 3),
     paper_title="CE-Net: Context Encoder Network for 2D Medical Image Segmentation",
     paper_year=2019,
