@@ -11,12 +11,15 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 
 from medseg.models import natural as _natural  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
+from medseg.models.attention import csa_unet as _attention_csa_unet  # noqa: F401
 from medseg.models.attention import ra_unet as _attention_ra_unet  # noqa: F401
+from medseg.models.attention import sclerasegnet as _attention_sclerasegnet  # noqa: F401
 from medseg.models.base import SegmentationModel
 
 # Importing a model module registers its models (one line per architecture).
 from medseg.models.dense import dense_vnet as _dense_dense_vnet  # noqa: F401
 from medseg.models.dense import fc_densenet as _dense_fc_densenet  # noqa: F401
+from medseg.models.dense import fd_unet as _dense_fd_unet  # noqa: F401
 from medseg.models.dense import h_denseunet as _dense_h_denseunet  # noqa: F401
 from medseg.models.dense import hyperdensenet as _dense_hyperdensenet  # noqa: F401
 from medseg.models.dense import mdu_net as _dense_mdu_net  # noqa: F401
@@ -45,7 +48,9 @@ from medseg.models.realtime import lednet as _realtime_lednet  # noqa: F401
 from medseg.models.realtime import liteseg as _realtime_liteseg  # noqa: F401
 from medseg.models.realtime import shuffleseg as _realtime_shuffleseg  # noqa: F401
 from medseg.models.realtime import swiftnet as _realtime_swiftnet  # noqa: F401
+from medseg.models.recurrent import birnn_unet as _recurrent_birnn_unet  # noqa: F401
 from medseg.models.recurrent import r2unet as _recurrent_r2unet  # noqa: F401
+from medseg.models.recurrent import recurrent_unet as _recurrent_recurrent_unet  # noqa: F401
 from medseg.models.registry import (
     ModelInfo,
     PaperConfig,
@@ -67,6 +72,10 @@ from medseg.models.unet import sunet as _unet_sunet  # noqa: F401
 from medseg.models.unet import unet as _unet_unet  # noqa: F401
 from medseg.models.unet import unet3d as _unet_unet3d  # noqa: F401
 from medseg.models.unet import unetpp as _unet_unetpp  # noqa: F401
+from medseg.models.unet_variants import cenet as _unet_variants_cenet  # noqa: F401
+from medseg.models.unet_variants import laddernet as _unet_variants_laddernet  # noqa: F401
+from medseg.models.unet_variants import unetplus as _unet_variants_unetplus  # noqa: F401
+from medseg.models.unet_variants import wnet as _unet_variants_wnet  # noqa: F401
 from medseg.models.vnet import vnet as _vnet_vnet  # noqa: F401
 
 __all__ = [
