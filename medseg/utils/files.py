@@ -95,6 +95,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
             the message names ``path``.
     """
     path = Path(path)
+    tmp = _stage(path, write)
+    _commit([(tmp, path)])
+    return path
+
+
+def _stage(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write the temporary file of ``path`` (``.NAME.tmpPID`` beside it) and fsync it; return its path.
+
+    Raises:
+        OutputError: Naming ``path`` (or its folder), never the temporary file; the temporary file is removed.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -105,15 +116,33 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except (OSError, MemoryError) as exc:
         _remove(tmp)
         raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_folder(path.parent)
-    return path
+    return tmp
+
+
+def _commit(staged: list[tuple[Path, Path]]) -> None:
+    """Rename each staged temporary file over its target, then make the renames durable.
+
+    Raises:
+        OutputError: A rename failed (the temporaries not yet renamed are removed).
+    """
+    try:
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+    except BaseException:
+        for tmp, _ in staged:
+            _remove(tmp)
+        raise
+    for folder in {path.parent for _, path in staged}:
+        _fsync_folder(folder)
 
 
 def _remove(path: Path) -> None:
@@ -181,32 +210,14 @@ def atomic_write_many(contents: Mapping[str | os.PathLike[str], str | bytes]) ->
     staged: list[tuple[Path, Path]] = []
     try:
         for target, data in contents.items():
-            path = Path(target)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(f"cannot create the output folder: {os_problem(exc)}", path.parent) from exc
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            staged.append((tmp, path))
             payload = data.encode("utf-8") if isinstance(data, str) else data
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(payload)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except (OSError, MemoryError) as exc:
-                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
-        for tmp, path in staged:
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+            path = Path(target)
+            staged.append((_stage(path, lambda h, b=payload: h.write(b)), path))
     except BaseException:
         for tmp, _ in staged:
             _remove(tmp)
         raise
-    for folder in {path.parent for _, path in staged}:
-        _fsync_folder(folder)
+    _commit(staged)
     return [path for _, path in staged]
 
 
