@@ -11,6 +11,7 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 
 from medseg.models import natural as _natural  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
+from medseg.models.attention import focal_tversky as _attention_focal_tversky  # noqa: F401
 from medseg.models.base import SegmentationModel
 
 # Importing a model module registers its models (one line per architecture).
@@ -37,6 +38,7 @@ from medseg.models.registry import (
     paper_parameter_count,
     register_model,
 )
+from medseg.models.residual import resunet_a as _residual_resunet_a  # noqa: F401
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
 from medseg.models.unet import unet as _unet_unet  # noqa: F401

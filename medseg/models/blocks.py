@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
@@ -552,3 +553,83 @@ class GridAttentionGate(nn.Module):
         alpha = torch.sigmoid(self.psi(torch.relu(theta_x + phi_g)))
         alpha = resample_linear(alpha, x.shape[2:])
         return self.out(alpha * x), alpha
+
+
+# --- Planned topology (features per stage, strides) for U-Net-shaped zoo models -------------------------------------
+
+__all__ += ["PlannedTopology", "resolve_topology"]
+
+
+@dataclass(frozen=True)
+class PlannedTopology:
+    """Per-stage widths and downsampling factors of a U-Net-shaped network, as a plan gives them.
+
+    Attributes:
+        features: Channels of each stage, highest resolution first.
+        strides: Downsampling factor per axis into each stage; ``strides[0]`` is all ones (the first stage runs at
+            full resolution), ``strides[i]`` is the pooling (or strided step) between stage ``i - 1`` and ``i``.
+        scales: Total downsampling factor per axis of each stage (the running product of ``strides``).
+    """
+
+    features: tuple[int, ...]
+    strides: tuple[tuple[int, ...], ...]
+    scales: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_stages(self) -> int:
+        """Number of stages (resolution levels)."""
+        return len(self.features)
+
+    @property
+    def divisor(self) -> tuple[int, ...]:
+        """Smallest input divisor per axis: the total downsampling of the coarsest stage."""
+        return self.scales[-1]
+
+
+def resolve_topology(
+    name: str,
+    spatial_dims: int,
+    features_per_stage: Sequence[int] | None,
+    strides: Sequence[int | Sequence[int]] | None,
+    default_features: Sequence[int],
+    min_stages: int = 2,
+    allowed_strides: tuple[int, ...] | None = None,
+) -> PlannedTopology:
+    """Validate a planned topology (``features_per_stage``, ``strides`` of a plans entry) and fill in defaults.
+
+    ``strides`` holds one entry per stage (an int or one int per axis), the first all ones, as nnU-Net's planner
+    writes them; without it every stage after the first halves each axis. Without ``features_per_stage`` the
+    default widths are used (truncated or extended by doubling to the number of stages).
+
+    Raises:
+        ModelError: Mismatched lengths, too few stages, a first stride that is not 1, or a stride the model cannot
+            take (``allowed_strides``).
+    """
+    n = len(strides) if strides is not None else len(features_per_stage or default_features)
+    if features_per_stage is None:
+        base = [int(f) for f in default_features]
+        feats = base[:n] + [base[-1] * 2 ** (i + 1) for i in range(n - len(base))]
+    else:
+        feats = [int(f) for f in features_per_stage]
+    if strides is None:
+        st = [(1,) * spatial_dims] + [(2,) * spatial_dims] * (n - 1)
+    else:
+        try:
+            st = [as_tuple(s, spatial_dims) for s in strides]
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{name}: each stride must be an int or {spatial_dims} ints ({exc})") from None
+    if len(feats) != len(st):
+        raise ModelError(f"{name}: features_per_stage and strides need one entry per stage, got {len(feats)} and "
+                         f"{len(st)}")
+    if len(st) < min_stages:
+        raise ModelError(f"{name}: needs at least {min_stages} stages, got {len(st)}")
+    if any(s != 1 for s in st[0]):
+        raise ModelError(f"{name}: the first stage runs at full resolution (stride 1), got strides[0]={st[0]}")
+    if any(f < 1 for f in feats) or any(s < 1 for ss in st for s in ss):
+        raise ModelError(f"{name}: features and strides must be positive, got {feats} and {st}")
+    if allowed_strides is not None and any(s not in allowed_strides for ss in st for s in ss):
+        raise ModelError(f"{name}: strides must be in {allowed_strides} on every axis, got {st}")
+    scales = [st[0]]
+    for s in st[1:]:
+        scales.append(tuple(a * b for a, b in zip(scales[-1], s, strict=True)))
+    return PlannedTopology(tuple(feats), tuple(st), tuple(scales))
