@@ -16,6 +16,7 @@ from medseg.models.base import SegmentationModel
 
 # Importing a model module registers its models (one line per architecture).
 from medseg.models.dense import dense_vnet as _dense_dense_vnet  # noqa: F401
+from medseg.models.dense import drinet as _dense_drinet  # noqa: F401
 from medseg.models.dense import fc_densenet as _dense_fc_densenet  # noqa: F401
 from medseg.models.dense import h_denseunet as _dense_h_denseunet  # noqa: F401
 from medseg.models.dense import hyperdensenet as _dense_hyperdensenet  # noqa: F401
