@@ -12,6 +12,7 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 from medseg.models import natural as _natural  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
 from medseg.models.attention import focal_tversky as _attention_focal_tversky  # noqa: F401
+from medseg.models.attention import lwbna_unet as _attention_lwbna_unet  # noqa: F401
 from medseg.models.base import SegmentationModel
 
 # Importing a model module registers its models (one line per architecture).
