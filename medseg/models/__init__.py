@@ -10,6 +10,7 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 """
 
 from medseg.models import natural as _natural  # noqa: F401
+from medseg.models.attention import ahcnet as _attention_ahcnet  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
 from medseg.models.attention import focal_tversky as _attention_focal_tversky  # noqa: F401
 from medseg.models.attention import lwbna_unet as _attention_lwbna_unet  # noqa: F401
