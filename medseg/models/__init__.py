@@ -45,6 +45,7 @@ from medseg.models.residual import resunet_a as _residual_resunet_a  # noqa: F40
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
 from medseg.models.unet import framelet_unet as _unet_framelet_unet  # noqa: F401
+from medseg.models.unet import improved_unet as _unet_improved_unet  # noqa: F401
 from medseg.models.unet import mfp_unet as _unet_mfp_unet  # noqa: F401
 from medseg.models.unet import unet as _unet_unet  # noqa: F401
 from medseg.models.unet import unet3d as _unet_unet3d  # noqa: F401
