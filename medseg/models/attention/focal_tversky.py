@@ -28,15 +28,14 @@ Layout (the official ``attn_reg``):
 One difference from the official code: there the third gate (on the stage-1 skip) takes its gating signal from the
 first decoder step instead of the second (``g3 = UnetGatingSignal(up1)``), unlike the other gates, which take the
 step just coarser than their skip; we gate every skip with the previous decoder step. The code's 3x3 transposed
-convolution on ``W_g g`` then always runs with stride 1, so we write it as a
-3x3 convolution.
+convolution on ``W_g g`` then always runs with stride 1, so we write it as a 3x3 convolution.
 
 Which configuration reproduces the paper: the ISIC 2018 experiment, ``spatial_dims=2, in_channels=3,
-out_channels=1``, ``deep_supervision=True`` with the code's widths (the defaults). The paper states no parameter
-count; the official code at that configuration has 5,640,103 trainable parameters (counted layer by layer from
+out_channels=1``, ``deep_supervision=True`` with the code's widths (the defaults). We found no parameter
+count in the paper; the official code at that configuration has 5,640,103 trainable parameters (counted from
 ``newmodels.attn_reg``; Keras' summary adds 2 non-trainable moving statistics per batch-norm channel). We count
-5,671,111: the difference (+0.55 %) is exactly the third gate's
-gating signal (192 instead of 96 channels). The registry records the official code's count.
+5,671,111: the difference (+0.55 %) is exactly the third gate's gating signal (192 instead of 96 channels). The
+registry records the official code's count.
 
 Planned topology: ``features_per_stage`` and ``strides`` (nnU-Net plans) set the stages; the pyramid pools the input
 with each stage's stride, and the other widths default to the stage widths.

@@ -173,7 +173,8 @@ class UnpoolingBlock(nn.Module):
                "(CSF segmentation in brain CT: background + 3 classes)",
     ),
     divisor=8,
-    test_kwargs={"initial_features": 8, "growth_rates": (4, 4, 4, 4), "blocks_per_level": 1},
+    test_kwargs={2: {"initial_features": 8, "growth_rates": (4, 4, 4, 4), "blocks_per_level": 1},
+                 3: {"initial_features": 8, "growth_rates": (4, 4, 4), "blocks_per_level": 1}},
 )
 class DRINet(SegmentationModel):
     """DRINet (Chen et al., IEEE TMI 2018): dense encoder, residual-inception decoder with unpooling blocks.
