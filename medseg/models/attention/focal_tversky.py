@@ -162,11 +162,11 @@ class FocalTverskyAttentionUNet(SegmentationModel):
         up_features: Width of each decoder step's transposed convolution, coarsest first (code: 32, 64, 32, 32).
         decoder_features: Width of each decoder step's ``UnetConv`` head, coarsest first (code: 256, 128, 64, 32).
         inter_features: Intermediate width of each attention gate, coarsest first (code: 128, 64, 32).
+        deep_supervision: Build and return the coarser side outputs in training mode.
+        norm: Normalisation (paper: batch norm).
 
     The four width options default to the official code's values when the stage widths are the code's, and to
     the width of the stage each layer belongs to otherwise (a planned topology).
-        deep_supervision: Build and return the coarser side outputs in training mode.
-        norm: Normalisation (paper: batch norm).
     """
 
     def __init__(
