@@ -44,12 +44,12 @@ from medseg.models.registry import (
 from medseg.models.residual import resunet_a as _residual_resunet_a  # noqa: F401
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
-from medseg.models.unet import framelet_unet as _unet_framelet_unet  # noqa: F401
-from medseg.models.unet import improved_unet as _unet_improved_unet  # noqa: F401
-from medseg.models.unet import mfp_unet as _unet_mfp_unet  # noqa: F401
 from medseg.models.unet import unet as _unet_unet  # noqa: F401
 from medseg.models.unet import unet3d as _unet_unet3d  # noqa: F401
 from medseg.models.unet import unetpp as _unet_unetpp  # noqa: F401
+from medseg.models.unet_variants import framelet_unet as _unet_variants_framelet_unet  # noqa: F401
+from medseg.models.unet_variants import improved_unet as _unet_variants_improved_unet  # noqa: F401
+from medseg.models.unet_variants import mfp_unet as _unet_variants_mfp_unet  # noqa: F401
 from medseg.models.vnet import vnet as _vnet_vnet  # noqa: F401
 
 __all__ = [

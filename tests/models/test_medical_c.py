@@ -103,7 +103,7 @@ def test_resunet_a_multitask_outputs_and_psp_pooling() -> None:
 
 @pytest.mark.parametrize("stride", [(2, 2), (2, 2, 2), (1, 2, 2)])
 def test_haar_wavelet_is_a_tight_frame(stride: tuple[int, ...]) -> None:
-    from medseg.models.unet.framelet_unet import HaarWavelet
+    from medseg.models.unet_variants.framelet_unet import HaarWavelet
 
     wavelet = HaarWavelet(stride)
     x = torch.randn(2, 3, *([8] * len(stride)), dtype=torch.float64)

@@ -51,7 +51,7 @@ def _double_conv(spatial_dims: int, cin: int, cout: int, dilation: int, norm: No
 
 @register_model(
     "mfp_unet",
-    family="unet",
+    family="unet_variants",
     spatial_dims=(2, 3),
     paper_title="MFP-Unet: A novel deep learning based approach for left ventricle segmentation in echocardiography",
     paper_year=2019,

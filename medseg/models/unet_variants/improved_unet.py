@@ -42,7 +42,7 @@ __all__ = ["ImprovedUNet"]
 
 @register_model(
     "improved_unet",
-    family="unet",
+    family="unet_variants",
     spatial_dims=(2, 3),
     paper_title="An Improved U-Net Convolutional Networks for Seabed Mineral Image Segmentation",
     paper_year=2019,

@@ -101,7 +101,7 @@ class HaarWavelet(nn.Module):
 
 @register_model(
     "framelet_unet",
-    family="unet",
+    family="unet_variants",
     spatial_dims=(2, 3),
     paper_title="Framing U-Net via Deep Convolutional Framelets: Application to Sparse-view CT",
     paper_year=2018,
