@@ -10,14 +10,18 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 """
 
 from medseg.models import natural as _natural  # noqa: F401
+from medseg.models.attention import ahcnet as _attention_ahcnet  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
 from medseg.models.attention import csa_unet as _attention_csa_unet  # noqa: F401
+from medseg.models.attention import focal_tversky as _attention_focal_tversky  # noqa: F401
+from medseg.models.attention import lwbna_unet as _attention_lwbna_unet  # noqa: F401
 from medseg.models.attention import ra_unet as _attention_ra_unet  # noqa: F401
 from medseg.models.attention import sclerasegnet as _attention_sclerasegnet  # noqa: F401
 from medseg.models.base import SegmentationModel
 
 # Importing a model module registers its models (one line per architecture).
 from medseg.models.dense import dense_vnet as _dense_dense_vnet  # noqa: F401
+from medseg.models.dense import drinet as _dense_drinet  # noqa: F401
 from medseg.models.dense import fc_densenet as _dense_fc_densenet  # noqa: F401
 from medseg.models.dense import fd_unet as _dense_fd_unet  # noqa: F401
 from medseg.models.dense import h_denseunet as _dense_h_denseunet  # noqa: F401
@@ -63,6 +67,7 @@ from medseg.models.registry import (
     paper_parameter_count,
     register_model,
 )
+from medseg.models.residual import resunet_a as _residual_resunet_a  # noqa: F401
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
 from medseg.models.unet import bridged_unet as _unet_bridged_unet  # noqa: F401
@@ -73,7 +78,10 @@ from medseg.models.unet import unet as _unet_unet  # noqa: F401
 from medseg.models.unet import unet3d as _unet_unet3d  # noqa: F401
 from medseg.models.unet import unetpp as _unet_unetpp  # noqa: F401
 from medseg.models.unet_variants import cenet as _unet_variants_cenet  # noqa: F401
+from medseg.models.unet_variants import framelet_unet as _unet_variants_framelet_unet  # noqa: F401
+from medseg.models.unet_variants import improved_unet as _unet_variants_improved_unet  # noqa: F401
 from medseg.models.unet_variants import laddernet as _unet_variants_laddernet  # noqa: F401
+from medseg.models.unet_variants import mfp_unet as _unet_variants_mfp_unet  # noqa: F401
 from medseg.models.unet_variants import unetplus as _unet_variants_unetplus  # noqa: F401
 from medseg.models.unet_variants import wnet as _unet_variants_wnet  # noqa: F401
 from medseg.models.vnet import vnet as _vnet_vnet  # noqa: F401

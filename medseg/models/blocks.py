@@ -10,7 +10,6 @@ A normalisation or activation is given as a name or as ``(name, kwargs)``, e.g. 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -632,47 +631,7 @@ __all__ += ["PaddedAvgPool"]
 
 # --- Planned topologies and CBAM attention (laddernet, fd_unet, csa_unet, sclerasegnet, recurrent_unet, ...) -------
 
-__all__ += ["CBAM", "CBAMChannelGate", "CBAMSpatialGate", "planned_stages"]
-
-
-def planned_stages(
-    name: str,
-    spatial_dims: int,
-    features_per_stage: Sequence[int],
-    strides: Sequence[int | Sequence[int]] | None,
-    multiple_of: int = 1,
-) -> tuple[tuple[int, ...], list[tuple[int, ...]], tuple[int, ...]]:
-    """Validate a U-Net topology given as nnU-Net's planner writes it (one entry per resolution stage).
-
-    ``features_per_stage[s]`` is the width of stage ``s``; ``strides[s]`` the downsampling (per axis) on the way into
-    stage ``s``, so ``strides[0]`` must be 1 (nnU-Net's plans start with a stride-1 stage). ``None`` means 2 on every
-    axis for every stage after the first.
-
-    Returns:
-        ``(features, pools, divisor)``: the widths, the per-axis downsampling factor into stages ``1..n-1`` and the
-        per-axis product of those factors (the smallest input divisor).
-
-    Raises:
-        ModelError: Fewer than 2 stages, lengths that differ, a first stride other than 1, non-positive values or a
-            width that is not a multiple of ``multiple_of``.
-    """
-    features = tuple(int(f) for f in features_per_stage)
-    n = len(features)
-    if n < 2:
-        raise ModelError(f"{name}: features_per_stage needs at least 2 stages, got {features}")
-    if any(f < 1 or f % multiple_of for f in features):
-        raise ModelError(f"{name}: every stage width must be a positive multiple of {multiple_of}, got {features}")
-    raw = [1] + [2] * (n - 1) if strides is None else list(strides)
-    if len(raw) != n:
-        raise ModelError(f"{name}: strides needs one entry per stage ({n}), got {len(raw)}")
-    try:
-        per_axis = [as_tuple(s, spatial_dims) for s in raw]
-    except ValueError as err:
-        raise ModelError(f"{name}: {err}") from None
-    if any(v != 1 for v in per_axis[0]) or any(v < 1 for s in per_axis for v in s):
-        raise ModelError(f"{name}: strides must be positive and the first stage's stride 1, got {raw}")
-    divisor = tuple(math.prod(s[a] for s in per_axis) for a in range(spatial_dims))
-    return features, per_axis[1:], divisor
+__all__ += ["CBAM", "CBAMChannelGate", "CBAMSpatialGate"]
 
 
 class CBAMChannelGate(nn.Module):

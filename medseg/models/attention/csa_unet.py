@@ -39,10 +39,10 @@ from medseg.models.blocks import (
     make_conv,
     make_pool,
     make_transposed_conv,
-    planned_stages,
     resample_linear,
 )
 from medseg.models.registry import PaperConfig, register_model
+from medseg.models.stage_plan import resolve_stages
 
 __all__ = ["CSAUNet", "ConnectionSensitiveGate"]
 
@@ -123,7 +123,8 @@ class CSAUNet(SegmentationModel):
         norm: NormSpec = "batch",
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
-        f, pools, divisor = planned_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        plan = resolve_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        f, pools, divisor = plan.features, plan.pools, plan.divisor
         n = len(f)
         kw = {"norm": norm, "act": RELU}
         self.encoder = nn.ModuleList(StackedConvNormAct(2, spatial_dims, in_channels if i == 0 else f[i - 1], f[i],

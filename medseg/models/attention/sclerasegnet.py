@@ -42,10 +42,10 @@ from medseg.models.blocks import (
     make_conv,
     make_pool,
     make_transposed_conv,
-    planned_stages,
     resample_linear,
 )
 from medseg.models.registry import PaperConfig, register_model
+from medseg.models.stage_plan import resolve_stages
 
 __all__ = ["ATTENTIONS", "HighGuidedAttention", "ScleraSegNet"]
 
@@ -128,7 +128,8 @@ class ScleraSegNet(SegmentationModel):
         super().__init__(spatial_dims, in_channels, out_channels)
         if attention not in ATTENTIONS:
             raise ModelError(f"{self.model_name}: attention must be one of {ATTENTIONS}, got {attention!r}")
-        f, pools, divisor = planned_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        plan = resolve_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        f, pools, divisor = plan.features, plan.pools, plan.divisor
         n = len(f)
         kw = {"norm": norm, "act": RELU}
         self.attention = attention

@@ -42,9 +42,9 @@ from medseg.models.blocks import (
     make_conv,
     make_norm,
     make_pool,
-    planned_stages,
 )
 from medseg.models.registry import PaperConfig, register_model
+from medseg.models.stage_plan import resolve_stages
 
 __all__ = ["FDUNet", "fd_dense_block"]
 
@@ -109,7 +109,8 @@ class FDUNet(SegmentationModel):
         norm: NormSpec = "batch",
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
-        f, pools, divisor = planned_stages(self.model_name, spatial_dims, features_per_stage, strides, multiple_of=8)
+        plan = resolve_stages(self.model_name, spatial_dims, features_per_stage, strides, multiple_of=8)
+        f, pools, divisor = plan.features, plan.pools, plan.divisor
         n = len(f)
         kw = {"norm": norm, "act": RELU}
         self.features = f

@@ -41,9 +41,9 @@ from medseg.models.blocks import (
     make_conv,
     make_pool,
     make_transposed_conv,
-    planned_stages,
 )
 from medseg.models.registry import PaperConfig, register_model
+from medseg.models.stage_plan import resolve_stages
 
 __all__ = ["BiRNNUNet", "SliceUNet"]
 
@@ -135,7 +135,8 @@ class BiRNNUNet(SegmentationModel):
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
         in_plane = None if strides is None else [as_tuple(s, spatial_dims)[-2:] for s in strides]
-        features, pools, divisor = planned_stages(self.model_name, 2, features_per_stage, in_plane)
+        plan = resolve_stages(self.model_name, 2, features_per_stage, in_plane)
+        features, pools, divisor = plan.features, plan.pools, plan.divisor
         self.estimator = SliceUNet(in_channels, out_channels, features, pools, norm)
         self.segmenter = SliceUNet(in_channels + 2 * out_channels, out_channels, features, pools, norm)
         self.input_divisor = divisor if spatial_dims == 2 else (1, *divisor)

@@ -40,8 +40,9 @@ from torch import nn
 
 from medseg.errors import ModelError
 from medseg.models.base import SegmentationModel
-from medseg.models.blocks import StackedConvNormAct, make_conv, make_pool, make_transposed_conv, planned_stages
+from medseg.models.blocks import StackedConvNormAct, make_conv, make_pool, make_transposed_conv
 from medseg.models.registry import PaperConfig, register_model
+from medseg.models.stage_plan import resolve_stages
 
 __all__ = ["GatedRecurrentUnit", "RecurrentUNet"]
 
@@ -131,7 +132,8 @@ class RecurrentUNet(SegmentationModel):
         deep_supervision: bool = False,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
-        f, pools, divisor = planned_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        plan = resolve_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        f, pools, divisor = plan.features, plan.pools, plan.divisor
         if len(f) < 3:
             raise ModelError(f"{self.model_name}: features_per_stage needs at least 3 stages, got {f}")
         if unit not in ("dru", "sru"):

@@ -34,8 +34,9 @@ from torch import nn
 
 from medseg.errors import ModelError
 from medseg.models.base import SegmentationModel
-from medseg.models.blocks import make_conv, planned_stages
+from medseg.models.blocks import make_conv
 from medseg.models.registry import PaperConfig, register_model
+from medseg.models.stage_plan import resolve_stages
 
 __all__ = ["LadderNet", "LadderUNet", "SharedResidualBlock"]
 
@@ -167,7 +168,8 @@ class LadderNet(SegmentationModel):
         dropout: float = 0.25,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
-        features, pools, divisor = planned_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        plan = resolve_stages(self.model_name, spatial_dims, features_per_stage, strides)
+        features, pools, divisor = plan.features, plan.pools, plan.divisor
         if n_unets < 1:
             raise ModelError(f"{self.model_name}: n_unets must be >= 1, got {n_unets}")
         self.features = features
