@@ -29,15 +29,71 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     return value
 
 
+def _part(num_parts: int | None, part_id: int | None) -> tuple[int, int] | None:
+    """The part of a sharded batch this process predicts: ``--num-parts``/``--part-id``, or a torchrun rank.
+
+    Under ``torchrun`` (its launcher variables ``RANK`` and ``WORLD_SIZE``) each rank is one part.
+    """
+    import os
+
+    from medseg.errors import InferenceError
+
+    if (num_parts is None) != (part_id is None):
+        raise InferenceError("--num-parts and --part-id go together")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if num_parts is not None and part_id is not None:
+        if world > 1:
+            raise InferenceError("--num-parts/--part-id cannot be combined with torchrun's ranks (each rank is a part)")
+        if part_id >= num_parts:
+            raise InferenceError(f"--part-id {part_id} does not exist for --num-parts {num_parts} (0 … "
+                                 f"{num_parts - 1})")
+        return (part_id, num_parts) if num_parts > 1 else None
+    if world > 1:
+        return int(os.environ.get("RANK", "0") or 0), world
+    return None
+
+
+def _rank_device(device: str, part: tuple[int, int] | None) -> str:
+    """Under torchrun, ``auto``/``cuda`` mean this rank's GPU (``LOCAL_RANK``) when there are GPUs."""
+    import os
+
+    if part is None or "WORLD_SIZE" not in os.environ or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu" if device == "auto" else device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
+
+
+def _print_status(folder: Path) -> None:
+    from medseg.errors import InferenceError
+    from medseg.inference.ledger import LEDGER_NAME, Ledger
+
+    if not (folder / LEDGER_NAME).is_file():
+        raise InferenceError(f"no {LEDGER_NAME} here: not the output folder of a batch", folder)
+    with Ledger(folder) as ledger:
+        parts = ledger.status()
+    columns = ("assigned", "done", "failed", "running", "interrupted", "pending")
+    typer.echo("part " + " ".join(f"{c:>11}" for c in columns))
+    totals = dict.fromkeys(columns, 0)
+    for name, counts in parts.items():
+        typer.echo(f"{name:<5}" + " ".join(f"{counts[c]:>11}" for c in columns))
+        for c in columns:
+            totals[c] += counts[c]
+    if len(parts) > 1:
+        typer.echo(f"{'all':<5}" + " ".join(f"{totals[c]:>11}" for c in columns))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``predict`` command to ``app``."""
 
     @app.command("predict")
     def predict(
-        input_path: Path = typer.Option(..., "--input", "-i",
+        input_path: Path = typer.Option(None, "--input", "-i",
                                         help="Image file, folder of image files, manifest (.json) or DICOM tree."),
-        out: Path = typer.Option(..., "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
-        models: list[Path] = typer.Option(..., "--model", "-m",
+        out: Path = typer.Option(None, "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
+        models: list[Path] = typer.Option(None, "--model", "-m",
                                           help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K); repeat "
                                                "for an ensemble of runs."),
         folds: str = typer.Option(None, "--folds", "-f", help="Comma-separated folds (default: every fold_K)."),
@@ -62,15 +118,32 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait",
                                   help="When another batch is writing the output folder, wait for it to finish "
                                        "instead of refusing."),
+        num_parts: int = typer.Option(None, "--num-parts", min=1,
+                                      help="Split the batch into this many parts run as separate jobs (e.g. a SLURM "
+                                           "array) into one output folder; with --part-id."),
+        part_id: int = typer.Option(None, "--part-id", min=0,
+                                    help="Which part this job predicts: 0 … num-parts − 1."),
+        status: Path = typer.Option(None, "--status",
+                                    help="Print done / failed / running / pending cases per part of the batch in "
+                                         "this output folder, and stop."),
     ) -> None:
         """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
 
         Exit code 0 when every case was predicted, 3 when some cases failed or a full disk stopped the batch (see the
         ledger; run the same command again to resume), 1 when an error stopped the command.
         """
+        from medseg.errors import InferenceError
         from medseg.utils.devices import parse_device
 
+        if status is not None:
+            _print_status(status)
+            return
+        missing = [name for name, value in (("--input", input_path), ("--output", out), ("--model", models))
+                   if not value]
+        if missing:
+            raise InferenceError(f"{', '.join(missing)} missing (or use --status OUTPUT to see a batch's progress)")
         device = parse_device(device)
+        part = _part(num_parts, part_id)
         _choice(precision, ("auto", "fp32", "fp16", "bf16"), "--precision")
         _choice(stitch_device, ("auto", "cpu", "cuda"), "--stitch-device")
         formats = [f.strip() for f in fmt.split(",") if f.strip()] or ["nifti"]
@@ -84,9 +157,9 @@ def register(app: typer.Typer) -> None:
         cases, input_manifest = discover_cases(input_path)
         from medseg.utils.files import FolderLock
 
-        with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
+        with FolderLock(out, "medseg predict", wait=wait, part=part):  # run_batch takes it again at no cost
             loaded = load_folds(models, fold_list, checkpoint)
-            predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
+            predictor = Predictor(loaded, tta=tta, step=step, device=_rank_device(device, part), precision=precision,
                                   stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
             names = predictor.label_names
             if manifest is not None:
@@ -99,9 +172,11 @@ def register(app: typer.Typer) -> None:
                 "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
             }
-            typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
+            shard = "" if part is None else f" (part {part[0]} of 0…{part[1] - 1})"
+            typer.echo(f"{len(cases)} case(s){shard}, {len(loaded)} fold model(s), device {predictor.device}",
+                       err=True)
             summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,
-                                label_names=names, settings=settings, progress=progress, wait=wait)
+                                label_names=names, settings=settings, progress=progress, wait=wait, part=part)
         for line in summary.lines():
             typer.echo(line)
         raise typer.Exit(PARTIAL_FAILURE_EXIT if summary.failed or summary.stopped else 0)

@@ -284,6 +284,7 @@ def run_batch(
     stream: TextIO | None = None,
     after_case: Callable[[str, str], None] | None = None,
     wait: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> BatchSummary:
     """Predict every case, resumably (see the module docstring).
 
@@ -301,6 +302,9 @@ def run_batch(
         stream: Where progress goes (default stderr).
         after_case: Called as ``after_case(case_id, status)`` after each case is recorded.
         wait: When another batch holds the output folder, wait for it instead of refusing.
+        part: ``(I, K)``: predict only part I (0-based) of the batch split into K parts — the cases ``I, I + K,
+            I + 2K, …`` of ``cases`` — side by side with the other parts in the same output folder and ledger
+            (``torchrun`` ranks or scheduler array jobs); ``None``: every case.
 
     Returns:
         The summary. A full disk stops the batch (``summary.stopped``); ``KeyboardInterrupt`` is re-raised after the
@@ -311,14 +315,19 @@ def run_batch(
     """
     formats = [fmt] if isinstance(fmt, str) else list(dict.fromkeys(fmt))
     out = Path(out_dir)
-    with FolderLock(out, "medseg predict", wait=wait):
+    if part is not None:
+        index, parts = part
+        if not 0 <= index < parts:
+            raise InferenceError(f"part {index} of {parts} does not exist (part ids run from 0 to {parts - 1})")
+        cases = list(cases)[index::parts]
+    with FolderLock(out, "medseg predict", wait=wait, part=part):
         names = dict(label_names or predictor.label_names)
         settings = {**dict(settings or {}), "format": ",".join(formats), "save_probabilities": save_probabilities}
         try:
             _write_label_names(out / LABELS_FILE, names)
             with Ledger(out) as ledger:
                 return _run_cases(predictor, cases, out, ledger, formats, names, settings, save_probabilities,
-                                  _Progress(0, progress, stream or sys.stderr), after_case)
+                                  _Progress(0, progress, stream or sys.stderr), after_case, part)
         except MedsegError as exc:  # a full disk before the first case (a full disk later stops inside the loop)
             if not is_disk_full(exc):
                 raise
@@ -356,14 +365,18 @@ def _format_problems(formats: Sequence[str], case: CaseInput, image: Any) -> dic
 
 def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Ledger, formats: Sequence[str],
                names: Mapping[int, str], settings: Mapping[str, Any], save_probabilities: bool,
-               bar: _Progress, after_case: Callable[[str, str], None] | None) -> BatchSummary:
+               bar: _Progress, after_case: Callable[[str, str], None] | None,
+               part: tuple[int, int] | None = None) -> BatchSummary:
     from medseg import __version__
 
     digest = settings_hash(settings)
     summary = BatchSummary()
     start_all = time.perf_counter()
-    summary.interrupted_before = ledger.close_interrupted()
-    ledger.begin_run(settings)
+    owner = "" if part is None else f"{part[0]}/{part[1]}"
+    summary.interrupted_before = ledger.close_interrupted(owner or None)
+    if part is not None:
+        ledger.assign(((c.case_id, c.display) for c in cases), owner)
+    ledger.begin_run(settings, owner or None)
     pending: list[tuple[CaseInput, str]] = []
     for case in cases:
         fingerprint = case.fingerprint()
@@ -404,7 +417,12 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
             timings: dict[str, float] = {}
             written: list[str] = []
             try:
-                ledger.start(case.case_id, case.display, fingerprint, digest)
+                if not ledger.claim(case.case_id, case.display, fingerprint, digest, owner):
+                    summary.skipped.append(case.case_id)  # done or being done by another part meanwhile
+                    if index + 1 < len(pending) and index + 1 not in futures:
+                        futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
+                    futures.pop(index).cancel()
+                    continue
                 prepared = futures.pop(index).result()
                 if index + 1 < len(pending):
                     futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
