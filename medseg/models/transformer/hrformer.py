@@ -353,8 +353,8 @@ class HRFormerBackbone(nn.Module):
     divisor=32,
     deep_supervision=True,
     test_kwargs={
-        2: {"channels": (4, 8, 8, 8), "heads": (1, 1, 1, 1), "modules": (1, 1, 1), "num_blocks": 1, "window": 4,
-            "mlp_ratio": 2.0, "drop_path_rate": 0.0, "stem_channels": 8, "ocr_channels": 8, "key_channels": 4},
+        2: {"channels": (8, 16, 16, 16), "heads": (2, 2, 2, 2), "modules": (1, 1, 1), "num_blocks": 1, "window": 4,
+            "mlp_ratio": 2.0, "drop_path_rate": 0.0, "stem_channels": 16, "ocr_channels": 16, "key_channels": 8},
         3: {"channels": (4, 4, 4, 4), "heads": (1, 1, 1, 1), "modules": (1, 1, 1), "num_blocks": 1, "window": 2,
             "mlp_ratio": 2.0, "drop_path_rate": 0.0, "stem_channels": 4, "ocr_channels": 4, "key_channels": 4},
     },

@@ -170,8 +170,8 @@ class _MLAHead(nn.Module):
     divisor=16,
     deep_supervision=True,
     test_kwargs={
-        2: {"img_size": 64, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0, "mla_indices": (0, 1, 2, 3),
-            "aux_indices": (0, 1, 2, 3), "decoder_channels": 8, "mla_channels": 8, "mla_head_channels": 4},
+        2: {"img_size": 64, "embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0, "mla_indices": (0, 1, 2, 3),
+            "aux_indices": (0, 1, 2, 3), "decoder_channels": 16, "mla_channels": 8, "mla_head_channels": 4},
         3: {"img_size": 32, "embed_dim": 32, "depth": 4, "num_heads": 2, "mlp_ratio": 2.0, "mla_indices": (0, 1, 2, 3),
             "aux_indices": (0, 1, 2, 3), "decoder_channels": 8, "mla_channels": 8, "mla_head_channels": 4},
     },

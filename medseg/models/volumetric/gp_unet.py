@@ -13,17 +13,21 @@ detected as its local maxima. The network has no final activation, so the map an
 
 How it maps onto the model contract: :meth:`GPUNet.forward` returns the pre-pooling map, one channel per class,
 ``(B, C, *spatial)`` at full resolution; :meth:`GPUNet.count` applies the global pooling and returns the image-level
-count ``(B, C)`` (:meth:`GPUNet.global_pool` pools a map already computed). With ``pooling="sum"`` (default) the
-count is the sum of the map over the image, so the map is a density: each voxel's value is its contribution to the
-count, and the count of any region is the sum of the map over it. ``pooling="mean"`` and ``"max"`` give the other
-global poolings. Trained as a segmentation network (cross-entropy on the map), the same map serves as logits.
+output ``(B, C)`` the network is trained on (:meth:`GPUNet.global_pool` pools a map already computed). The global
+pooling is average pooling by default (``pooling="mean"``), whose scale does not depend on the image size: the
+image-level target is then a per-voxel rate (e.g. the count divided by the number of voxels, or a fraction), and the
+map is its voxel-wise contribution. ``pooling="sum"`` makes the image-level output the sum of the map, so the map is
+a density whose integral over any region is that region's count (train it with a small learning rate: each weight
+step then moves the count by about the number of voxels times the step); ``"max"`` is the third option. Trained as a
+segmentation network (cross-entropy on the map), the same map serves as logits.
 
 Layout used here: a U-Net with padded 3x3x3 convolutions (bias, ReLU), two convolutions per level, 32, 64 and 128
 filters, two 2x2x2 max poolings (few poolings keep the small lesions resolvable), nearest-neighbour up-sampling
 followed by concatenation with the encoder features of the same level, and a 1x1x1 convolution to one map per class.
-We could read only the abstract of the paper and found no official code, so the number of levels and the widths are
-our choice (the two-pooling U-Net of the paper's Figure 1 as we understand it) and no parameter figure is recorded
-(``params=None``). Our count at the default configuration (3D, one input channel, one map) is 1,411,585.
+We could read only the abstract of the paper and found no official code, so the number of levels, the widths and the
+kind of global pooling are our choice (the two-pooling U-Net of the paper's Figure 1 as we understand it) and no
+parameter figure is recorded (``params=None``). Our count at the default configuration (3D, one input channel, one
+map) is 1,411,585.
 
 2D works the same way (the 2020 paper uses 2D and 3D variants). Each spatial size must be a multiple of 4.
 """
@@ -43,7 +47,7 @@ from medseg.models.registry import PaperConfig, register_model
 __all__ = ["GPUNet"]
 
 RELU = ("relu", {"inplace": True})
-POOLINGS = ("sum", "mean", "max")
+POOLINGS = ("mean", "sum", "max")
 
 
 @register_model(
@@ -63,7 +67,7 @@ POOLINGS = ("sum", "mean", "max")
                "widths are ours",
     ),
     divisor=4,
-    test_kwargs={"features": (4, 8, 8)},
+    test_kwargs={"features": (16, 16, 16)},
 )
 class GPUNet(SegmentationModel):
     """GP-Unet (Dubost et al., MICCAI 2017): U-Net regression network whose globally pooled output is a count.
@@ -77,7 +81,7 @@ class GPUNet(SegmentationModel):
         in_channels: Input channels (paper: 1, MRI).
         out_channels: Maps / counts (paper: 1, the lesion count).
         features: Filters per level, highest resolution first (default 32, 64, 128: two poolings).
-        pooling: Global pooling from the map to the count: ``"sum"`` (default), ``"mean"`` or ``"max"``.
+        pooling: Global pooling from the map to the image-level output: ``"mean"`` (default), ``"sum"`` or ``"max"``.
         norm: Normalisation after each convolution (default none).
     """
 
@@ -88,7 +92,7 @@ class GPUNet(SegmentationModel):
         out_channels: int,
         *,
         features: Sequence[int] = (32, 64, 128),
-        pooling: str = "sum",
+        pooling: str = "mean",
         norm: NormSpec = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
