@@ -5,11 +5,13 @@ Detection from Weak Labels with a 3D Regression Network", MICCAI 2017, LNCS 1043
 Extended in F. Dubost et al., "Weakly supervised object detection with 2D and 3D regression neural networks",
 Medical Image Analysis 65 (2020), arXiv:1906.01891.
 
-What the paper states (abstract and Section 2): a fully convolutional, U-Net-like regression network is trained
-with a single global label per image, the lesion count. A global pooling layer aggregates the network's 3D output
-into a scalar, the count, which is regressed (mean squared error). At test time the global pooling is removed and
-the last layer's output, a map of the input's size, is the localisation (attention / regression) map; lesions are
-detected as its local maxima. The network has no final activation, so the map and the count span the real numbers.
+What the paper's abstract states (the only part of the paper we could read): a regression network with a fully
+convolutional architecture, trained with a single global label per image (the lesion count), combined with a global
+pooling layer that aggregates the 3D output into a scalar indicating the count; on unseen images the network first
+estimates the count, then the global pooling is removed to compute localisation maps of the size of the input image.
+We regress the count without a final activation (the map and the count span the real numbers), as the authors'
+related EPVS regression network does (Dubost et al., "3D regression neural network for the quantification of
+enlarged perivascular spaces in brain MRI", Medical Image Analysis 2019, abstract).
 
 How it maps onto the model contract: :meth:`GPUNet.forward` returns the pre-pooling map, one channel per class,
 ``(B, C, *spatial)`` at full resolution; :meth:`GPUNet.count` applies the global pooling and returns the image-level
@@ -62,9 +64,9 @@ POOLINGS = ("mean", "sum", "max")
         out_channels=1,
         kwargs={},
         params=None,
-        source="MICCAI 2017 (arXiv:1705.07999), abstract and Section 2 (global pooling of the full-size output to "
-               "the lesion count); no parameter figure could be read and no official code was found: levels and "
-               "widths are ours",
+        source="MICCAI 2017 (arXiv:1705.07999), abstract (global pooling of the full-size output to the lesion "
+               "count); no parameter figure could be read and no official code was found: levels, widths and the "
+               "kind of global pooling are ours",
     ),
     divisor=4,
     test_kwargs={"features": (16, 16, 16)},

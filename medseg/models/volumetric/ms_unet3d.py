@@ -1,9 +1,9 @@
 """Multi-scale supervised 3D U-Net, "MSS U-Net", for kidney and kidney-tumour CT (Zhao et al., 2019), 3D and 2D.
 
 Papers: W. Zhao, Z. Zeng, "Multi Scale Supervised 3D U-Net for Kidney and Tumor Segmentation", KiTS19 challenge
-(arXiv:1908.03204, 2019); journal version W. Zhao, D. Jiang, J. Peña Queralta, T. Westerlund, "MSS U-Net: 3D
-segmentation of kidneys and tumors from CT images with a multi-scale supervised U-Net", Informatics in Medicine
-Unlocked 19, 100357 (2020). Official code: wenshuaizhao/MSSU-Net (built on an early nnU-Net):
+submission (2019); journal version W. Zhao, D. Jiang, J. Peña Queralta, T. Westerlund, "MSS U-Net: 3D segmentation of
+kidneys and tumors from CT images with a multi-scale supervised U-Net", Informatics in Medicine Unlocked 19, 100357
+(2020), arXiv:2004.08108. Official code: wenshuaizhao/MSSU-Net (built on an early nnU-Net):
 ``network_architecture/generic_UNet.py`` (the network), ``training/loss_functions/dice_loss.py``
 (``DC_and_CE_loss``: the multi-scale weights), ``base_preprocessed/Task11_KITS/nnUNetPlans_plans_3D.pkl`` (the plan).
 

@@ -1,7 +1,7 @@
 """3D RoI-aware U-Net ("3D RU-Net") for colorectal tumour segmentation (Huang et al., 2019), 3D and 2D.
 
-Paper: Y.-J. Huang, Q. Dou, Z.-X. Wang, L.-Z. Liu, Y. Jin, C.-F. Li, L. Wang, H. Chen, R.-H. Xu, "3D RoI-aware U-Net
-for Accurate and Efficient Colorectal Tumor Segmentation", IEEE Transactions on Cybernetics (2020), arXiv:1806.10342.
+Paper: Y.-J. Huang, Q. Dou et al., "3D RoI-aware U-Net for Accurate and Efficient Colorectal Tumor Segmentation",
+arXiv:1806.10342 (2018, revised 2019; later in IEEE Transactions on Cybernetics).
 Official code: huangyjhust/3D-RU-Net, ``model.py`` (``RU_Net``) with the configuration of ``train.py``
 (``BASE_CHANNELS=48``, two classes, stage dilations ``RF112 = [1, 2, 2]``).
 
