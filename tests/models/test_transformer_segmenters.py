@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from testutils import assert_learns, coins_task
+from testutils import assert_learns, coins_task, mni_task
 
 from medseg.errors import ModelError
 from medseg.models import count_parameters, create_model, get_model_info, list_models
@@ -269,3 +269,8 @@ def test_each_learns_coins(name: str) -> None:
     x, y = coins_task(64)
     model = _small(name)
     assert_learns(model, x, y, steps=30, lr=3e-3)
+
+
+def test_transunet_learns_mni_white_matter_3d() -> None:
+    x, y = mni_task(32)
+    assert_learns(_small("transunet", dims=3), x, y, steps=30, lr=3e-3)
