@@ -70,6 +70,9 @@ from medseg.models.registry import (
 from medseg.models.residual import resunet_a as _residual_resunet_a  # noqa: F401
 from medseg.models.reversible import rev_unet as _reversible_rev_unet  # noqa: F401
 from medseg.models.se import scse_unet as _se_scse_unet  # noqa: F401
+from medseg.models.transformer import hrformer as _transformer_hrformer  # noqa: F401
+from medseg.models.transformer import setr as _transformer_setr  # noqa: F401
+from medseg.models.transformer import transunet as _transformer_transunet  # noqa: F401
 from medseg.models.unet import bridged_unet as _unet_bridged_unet  # noqa: F401
 from medseg.models.unet import dunet as _unet_dunet  # noqa: F401
 from medseg.models.unet import mnet as _unet_mnet  # noqa: F401
@@ -85,6 +88,11 @@ from medseg.models.unet_variants import mfp_unet as _unet_variants_mfp_unet  # n
 from medseg.models.unet_variants import unetplus as _unet_variants_unetplus  # noqa: F401
 from medseg.models.unet_variants import wnet as _unet_variants_wnet  # noqa: F401
 from medseg.models.vnet import vnet as _vnet_vnet  # noqa: F401
+from medseg.models.volumetric import anatomynet as _volumetric_anatomynet  # noqa: F401
+from medseg.models.volumetric import dense_unet3d as _volumetric_dense_unet3d  # noqa: F401
+from medseg.models.volumetric import gp_unet as _volumetric_gp_unet  # noqa: F401
+from medseg.models.volumetric import ms_unet3d as _volumetric_ms_unet3d  # noqa: F401
+from medseg.models.volumetric import roi_unet3d as _volumetric_roi_unet3d  # noqa: F401
 
 __all__ = [
     "ModelInfo",
