@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["LatentOutput", "check_target", "gaussian_kl", "one_hot_target"]
+__all__ = ["LatentOutput", "check_target", "gaussian_kl", "init_convolutions", "one_hot_target"]
 
 
 @dataclass
@@ -58,3 +59,20 @@ def gaussian_kl(mu_q: torch.Tensor, log_sigma_q: torch.Tensor, mu_p: torch.Tenso
     variance_ratio = torch.exp(2 * (log_sigma_q - log_sigma_p))
     mean_term = (mu_q - mu_p).square() * torch.exp(-2 * log_sigma_p)
     return log_sigma_p - log_sigma_q + 0.5 * (variance_ratio + mean_term) - 0.5
+
+
+def init_convolutions(module: nn.Module, weights: str) -> None:
+    """Initialise every convolution of ``module`` as the authors' code does.
+
+    Weights ``he_normal`` (He et al. 2015: fan-in, ReLU gain) or ``orthogonal``; biases from a normal distribution
+    with standard deviation 0.001 truncated at two standard deviations. Tensors on the meta device are left alone.
+    """
+    for m in module.modules():
+        if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or m.weight.is_meta:
+            continue
+        if weights == "he_normal":
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.orthogonal_(m.weight)
+        if m.bias is not None:
+            nn.init.trunc_normal_(m.bias, std=0.001, a=-0.002, b=0.002)

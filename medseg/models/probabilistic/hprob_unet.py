@@ -27,7 +27,8 @@ of 2 % of the voxels (Gumbel sampling), κ = 0.05 per selected voxel, a moving a
 used and whose gradient is the current batch's, and a Lagrange multiplier λ (from 1). The code raises λ by gradient
 ascent inside its optimiser; medseg's trainer steps only the network, so λ follows GECO's own update,
 ``λ ← λ · exp(rate · (CE_ma − κ))`` per training step (rate 0.01), and lives in the model's buffers (saved with the
-checkpoint). :meth:`HierarchicalProbabilisticUNet.training_loss` divides the objective by the voxels of an item, as
+checkpoint). Convolutions start as the code's: orthogonal weights, biases normal with standard deviation 0.001.
+:meth:`HierarchicalProbabilisticUNet.training_loss` divides the objective by the voxels of an item, as
 the Probabilistic U-Net does, so the trainer's learning rate and clipping apply unchanged.
 
 Parameters at the code's default, the paper's LIDC configuration (2D, 1 input channel, 2 classes, channels
@@ -51,7 +52,13 @@ from torch import nn
 
 from medseg.errors import ModelError
 from medseg.models.blocks import make_conv, make_pool
-from medseg.models.probabilistic._latent import LatentOutput, check_target, gaussian_kl, one_hot_target
+from medseg.models.probabilistic._latent import (
+    LatentOutput,
+    check_target,
+    gaussian_kl,
+    init_convolutions,
+    one_hot_target,
+)
 from medseg.models.registry import PaperConfig, register_model
 from medseg.models.sampling import LatentSegmentationModel
 
@@ -282,6 +289,7 @@ class HierarchicalProbabilisticUNet(LatentSegmentationModel):
             self.register_buffer("geco_moving_average", torch.zeros(()))
             self.register_buffer("geco_steps", torch.zeros((), dtype=torch.long))
         self.input_divisor = (2 ** (len(channels) - 1),) * spatial_dims
+        init_convolutions(self, "orthogonal")
 
     def _noise(self, mu: torch.Tensor, level: int) -> torch.Tensor:
         if self.sampling:
