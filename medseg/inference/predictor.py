@@ -305,7 +305,7 @@ class Predictor:
                                      "modality", "series_description") if k in meta}
         image = make_image(labels[None], affine, keep)
         if native_probabilities is not None:
-            native_probabilities = native_probabilities.astype(np.float16)
+            native_probabilities = native_probabilities.astype(np.float16, copy=False)
         return Prediction(labels=image, probabilities=native_probabilities, seconds=seconds,
                           window_stats=self.window.stats, uncertainty=summary)
 
