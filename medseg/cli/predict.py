@@ -111,6 +111,15 @@ def register(app: typer.Typer) -> None:
         save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                                 help="Also write CASE_probabilities.npz (float16, native grid)."),
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component of each class."),
+        samples: int = typer.Option(0, "--samples", min=0,
+                                    help="Draw N predictions per case from a stochastic network (latent samples of "
+                                         "prob_unet/hprob_unet, or dropout masks of a network with dropout) and "
+                                         "write the label map of their mean probability, plus "
+                                         "uncertainty/CASE_{mean_probabilities,entropy,mutual_information}."),
+        sample_seed: int = typer.Option(0, "--sample-seed", min=0, help="Seed of the first draw (draw s: seed + s)."),
+        save_samples: bool = typer.Option(False, "--save-samples",
+                                          help="With --samples, also write samples/CASE: each draw's label map, "
+                                               "one channel per draw (what `evaluate --metrics ged` scores)."),
         manifest: Path = typer.Option(None, "--manifest",
                                       help="Manifest naming the labels (when INPUT is not a manifest)."),
         batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per batch (default: automatic)."),
@@ -152,6 +161,10 @@ def register(app: typer.Typer) -> None:
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
         fold_list = _folds(folds)
+        if save_samples and not samples:
+            from medseg.errors import InferenceError
+
+            raise InferenceError("--save-samples needs --samples N (N ≥ 1)")
         from medseg.inference import Predictor, discover_cases, load_folds, run_batch
 
         cases, input_manifest = discover_cases(input_path)
@@ -160,7 +173,8 @@ def register(app: typer.Typer) -> None:
         with FolderLock(out, "medseg predict", wait=wait, part=part):  # run_batch takes it again at no cost
             loaded = load_folds(models, fold_list, checkpoint)
             predictor = Predictor(loaded, tta=tta, step=step, device=_rank_device(device, part), precision=precision,
-                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
+                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size, samples=samples,
+                                  sample_seed=sample_seed, keep_samples=save_samples)
             names = predictor.label_names
             if manifest is not None:
                 from medseg.data import load_manifest
@@ -172,6 +186,8 @@ def register(app: typer.Typer) -> None:
                 "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
             }
+            if samples:
+                settings.update(samples=samples, sample_seed=sample_seed, save_samples=save_samples)
             shard = "" if part is None else f" (part {part[0]} of 0…{part[1] - 1})"
             typer.echo(f"{len(cases)} case(s){shard}, {len(loaded)} fold model(s), device {predictor.device}",
                        err=True)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from medseg.errors import ImageReadError, InferenceError, MedsegError
 from medseg.inference.ledger import Ledger, fingerprint_files, settings_hash
 from medseg.inference.writers import (
@@ -38,6 +40,7 @@ from medseg.inference.writers import (
     write_dicom_seg,
     write_labels,
     write_probabilities,
+    write_uncertainty,
 )
 from medseg.io.naming import case_id, case_id_of, image_suffix, unique_case_ids
 from medseg.utils.files import FolderLock, atomic_json, is_disk_full
@@ -296,6 +299,9 @@ def run_batch(
             What a format needs is checked before a case is predicted; a case that cannot get one format still
             gets the others and is recorded as failed, naming what is missing.
         save_probabilities: Also write ``CASE_probabilities.npz``.
+            A predictor drawing samples also writes ``uncertainty/CASE_{mean_probabilities,entropy,
+            mutual_information}`` and, when it keeps them, ``samples/CASE`` (:func:`~medseg.inference.writers.
+            write_uncertainty`; NRRD when ``nrrd`` is among the formats and ``nifti`` is not, else NIfTI).
         label_names: Label value → name (segment labels of DICOM SEG, probability class names).
         settings: What defines the results (hashed; a change redoes the cases).
         progress: ``auto``, ``rich`` or ``plain``.
@@ -444,6 +450,11 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
                 if save_probabilities and prediction.probabilities is not None:
                     written.append(str(write_probabilities(prediction.probabilities,
                                                            probabilities_path(out, case.case_id), names)))
+                if getattr(prediction, "uncertainty", None) is not None:
+                    ending = ".nrrd" if "nrrd" in formats and "nifti" not in formats else ".nii.gz"
+                    affine = np.asarray(prediction.labels.affine, dtype=np.float64)
+                    written += [str(p) for p in write_uncertainty(prediction.uncertainty, affine, out, case.case_id,
+                                                                  ending)]
                 timings["write"] = time.perf_counter() - t0
                 timings["total"] = time.perf_counter() - started
                 if problems:

@@ -38,6 +38,8 @@ from medseg.models.multimodal import ssma as _multimodal_ssma  # noqa: F401
 from medseg.models.multires import multiresunet as _multires_multiresunet  # noqa: F401
 from medseg.models.nnunet import dynamic_unet as _nnunet_dynamic_unet  # noqa: F401
 from medseg.models.nnunet import resenc_unet as _nnunet_resenc_unet  # noqa: F401
+from medseg.models.probabilistic import hprob_unet as _probabilistic_hprob_unet  # noqa: F401
+from medseg.models.probabilistic import prob_unet as _probabilistic_prob_unet  # noqa: F401
 from medseg.models.realtime import bisenet as _realtime_bisenet  # noqa: F401
 from medseg.models.realtime import bisenetv2 as _realtime_bisenetv2  # noqa: F401
 from medseg.models.realtime import cgnet as _realtime_cgnet  # noqa: F401
