@@ -9,7 +9,8 @@ Same model (an nnU-Net-size dynamic U-Net with random weights by default) and th
 3. ``monai_nnunet_style``: the same with nnU-Net's windowing (overlap 0.5, gaussian σ = patch/8), fp32, windows
    batched like medseg's.
 
-No test-time augmentation in any of them. Writes JSON with seconds, windows, peak GPU memory (CUDA) or peak
+No test-time augmentation in any of them. Each method runs ``--repeats`` times, the methods alternating, and the
+JSON holds the median seconds, every run, the ratio to medseg's median, windows, peak GPU memory (CUDA) or peak
 resident memory (CPU), the device and the library versions.
 
     python benchmarks/predict_benchmark.py                                   # GPU defaults: 512×512×256, 128³
@@ -23,6 +24,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -121,6 +123,7 @@ def main() -> None:
                         help="medseg's autocast precision (MONAI runs fp32).")
     parser.add_argument("--batch-size", type=int, default=None, help="medseg's windows per batch (default auto).")
     parser.add_argument("--skip-monai-default", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each method, alternating (median).")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/*.json).")
     args = parser.parse_args()
 
@@ -139,35 +142,48 @@ def main() -> None:
     with torch.no_grad():  # warm-up: one window (cuDNN autotuning, allocator)
         ours.predict_windows(torch.zeros((1, 1, *args.patch), device=device))
 
-    results: list[dict[str, Any]] = []
-    with torch.no_grad():
-        seconds, peak, out_ours = timed(device, lambda: ours.predict(volume))
-        stats = ours.stats
-        results.append({"method": "medseg", "seconds": seconds, "windows": stats.windows,
-                        "batch_size": stats.batch_size, "precision": args.precision,
-                        "stitch_device": stats.stitch_device, "stitch_dtype": stats.stitch_dtype,
-                        "peak_memory_bytes": peak})
-        labels_ours = out_ours.float().argmax(0).cpu()
-        del out_ours
+    x = volume[None].to(device)
+    methods: list[tuple[str, Callable[[], Any], dict[str, Any]]] = [
+        ("medseg", lambda: ours.predict(volume), {"precision": args.precision})]
+    monai_runs = [("monai_nnunet_style", {"overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.125})]
+    if not args.skip_monai_default:
+        monai_runs.insert(0, ("monai_default", {"overlap": 0.25, "mode": "constant"}))
+    for name, kwargs in monai_runs:
+        sw_batch = 1 if name == "monai_default" else ours.batch_size or 2
 
-        x = volume[None].to(device)
-        runs = [("monai_nnunet_style", {"overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.125,
-                                        "sw_batch_size": stats.batch_size})]
-        if not args.skip_monai_default:
-            runs.insert(0, ("monai_default", {"overlap": 0.25, "mode": "constant", "sw_batch_size": 1}))
-        for name, kwargs in runs:
-            sw_batch = kwargs.pop("sw_batch_size")
-            seconds, peak, out = timed(device, lambda sw_batch=sw_batch, kwargs=kwargs: sliding_window_inference(
-                x, args.patch, sw_batch, model, **kwargs))
-            record: dict[str, Any] = {"method": name, "seconds": seconds,
-                                      "windows": monai_windows(args.shape, args.patch, kwargs["overlap"]),
-                                      "batch_size": sw_batch, "precision": "fp32", "peak_memory_bytes": peak,
-                                      **kwargs}
-            if name == "monai_nnunet_style":
-                record["argmax_agreement_with_medseg"] = float(
-                    (torch.as_tensor(out)[0].argmax(0).cpu() == labels_ours).float().mean())
-            results.append(record)
-            del out
+        def run(kwargs: dict[str, Any] = kwargs, sw_batch: int = sw_batch) -> Any:
+            return sliding_window_inference(x, args.patch, sw_batch, model, **kwargs)
+
+        methods.append((name, run, {"precision": "fp32", "batch_size": sw_batch,
+                                    "windows": monai_windows(args.shape, args.patch, kwargs["overlap"]), **kwargs}))
+
+    runs: dict[str, list[float]] = {name: [] for name, _, _ in methods}
+    peaks: dict[str, int] = dict.fromkeys(runs, 0)
+    agreement = None
+    with torch.no_grad():
+        for repeat in range(args.repeats):  # the methods alternate, so drifting load hits them alike
+            for name, fn, _ in methods:
+                seconds, peak, out = timed(device, fn)
+                runs[name].append(seconds)
+                peaks[name] = max(peaks[name], peak)
+                if repeat == 0 and name == "medseg":
+                    labels_ours = out.float().argmax(0).cpu()
+                if repeat == 0 and name == "monai_nnunet_style":
+                    agreement = float((torch.as_tensor(out)[0].argmax(0).cpu() == labels_ours).float().mean())
+                del out
+    stats = ours.stats
+    base = statistics.median(runs["medseg"])
+    results: list[dict[str, Any]] = []
+    for name, _, extra in methods:
+        median = statistics.median(runs[name])
+        record: dict[str, Any] = {"method": name, "seconds": median, "runs_seconds": runs[name],
+                                  "ratio_to_medseg": median / base, "peak_memory_bytes": peaks[name], **extra}
+        if name == "medseg":
+            record.update(windows=stats.windows, batch_size=stats.batch_size, stitch_device=stats.stitch_device,
+                          stitch_dtype=stats.stitch_dtype)
+        if name == "monai_nnunet_style":
+            record["argmax_agreement_with_medseg"] = agreement
+        results.append(record)
 
     memory_kind = "peak GPU memory allocated (torch)" if device.type == "cuda" else "peak process RSS"
     cpu_name = platform.processor() or platform.machine()
@@ -179,6 +195,8 @@ def main() -> None:
         "shape": args.shape, "patch": args.patch, "classes": args.classes, "features": args.features,
         "parameters": sum(p.numel() for p in model.parameters()),
         "memory": memory_kind,
+        "repeats": args.repeats,
+        "timing": "each method run --repeats times, the methods alternating; seconds = median; ratio to medseg",
         "results": results,
     }
     out = args.out
@@ -190,7 +208,8 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
         gib = r["peak_memory_bytes"] / 2**30
-        print(f"{r['method']:>20}: {r['seconds']:8.2f} s  {r['windows']:4d} windows  {gib:6.2f} GiB {memory_kind}")
+        print(f"{r['method']:>20}: {r['seconds']:8.2f} s (×{r['ratio_to_medseg']:.2f})  {r['windows']:4d} windows  "
+              f"{gib:6.2f} GiB {memory_kind}")
     print(f"wrote {out}")
     assert math.isfinite(results[0]["seconds"])
 

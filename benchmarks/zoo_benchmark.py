@@ -12,7 +12,11 @@ Examples::
     python benchmarks/zoo_benchmark.py                                   # family natural, CPU, 512x1024
     python benchmarks/zoo_benchmark.py --device cuda --models danet,ccnet
     python benchmarks/zoo_benchmark.py --size 256 512 --iters 2 --out benchmarks/results/zoo_natural_small.json
-    python benchmarks/zoo_benchmark.py --all --size3d 64 64 64           # every family (3D-only models at 64^3)
+    python benchmarks/zoo_benchmark.py --all --size3d 64 64 64           # every family, each in its paper's dims
+    python benchmarks/zoo_benchmark.py --family dense --dims both --size 512 512 --size3d 128 128 128
+
+``--dims`` picks the dimensionality: each paper's own (default), ``2``, ``3``, or ``both`` where the model supports
+them; 3D runs use ``--size3d``.
 """
 
 from __future__ import annotations
@@ -42,12 +46,23 @@ def _first_tensor(out: Any) -> torch.Tensor:
     return out
 
 
+def benchmark_dims(name: str, which: str) -> list[int]:
+    """The dims to benchmark ``name`` in: its paper's (``paper``), ``2``, ``3``, or every one it supports (``both``)."""
+    info = get_model_info(name)
+    if which == "paper":
+        return [info.paper.spatial_dims]
+    if which == "both":
+        return [d for d in (2, 3) if d in info.spatial_dims]
+    return [int(which)] if int(which) in info.spatial_dims else []
+
+
 def benchmark_model(name: str, size2d: list[int], size3d: list[int], device: torch.device, batch: int,
-                    warmup: int, iters: int) -> dict[str, Any]:
-    """Parameters, GFLOPs and images/s of model ``name`` at its paper configuration."""
+                    warmup: int, iters: int, dims: int | None = None) -> dict[str, Any]:
+    """Parameters, GFLOPs and images/s of model ``name`` at its paper configuration, in ``dims`` (default: the
+    paper's)."""
     info = get_model_info(name)
     cfg = info.paper
-    dims = 2 if 2 in info.spatial_dims else info.spatial_dims[0]
+    dims = cfg.spatial_dims if dims is None else dims
     entry: dict[str, Any] = {"model": name, "family": info.family, "spatial_dims": dims,
                              "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
                              "kwargs": {k: v for k, v in cfg.kwargs.items() if k != "deep_supervision"}}
@@ -95,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="comma-separated registry keys (overrides --family/--all)")
     parser.add_argument("--size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
     parser.add_argument("--size3d", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"),
-                        help="input size of 3D-only models")
+                        help="input size of 3D runs")
+    parser.add_argument("--dims", default="paper", choices=["paper", "2", "3", "both"],
+                        help="dimensionality: each paper's (default), 2, 3, or both where supported")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
@@ -116,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, int]] = []
 
     def write(results: list[dict[str, Any]]) -> None:  # after every model: a run killed by the OS keeps the rest
         report = {
@@ -129,22 +147,24 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "iters": args.iters,
             "flops_note": "FlopCounterMode total of one forward pass per image; a multiply-add counts 2 FLOPs",
-            "complete": len(results) == len(names),
+            "dims": args.dims,
+            "complete": len(results) == len(jobs),
             "results": results,
         }
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         tmp.replace(out)
 
+    jobs.extend((name, dims) for name in names for dims in benchmark_dims(name, args.dims))
     results: list[dict[str, Any]] = []
-    for name in names:
-        entry = benchmark_model(name, args.size, args.size3d, device, args.batch, args.warmup, args.iters)
+    for name, dims in jobs:
+        entry = benchmark_model(name, args.size, args.size3d, device, args.batch, args.warmup, args.iters, dims)
         results.append(entry)
         write(results)
         if "error" in entry:
-            print(f"{name:>20s}: ERROR {entry['error']}", flush=True)
+            print(f"{name:>20s} {dims}D: ERROR {entry['error']}", flush=True)
         else:
-            print(f"{name:>20s}: {entry['params'] / 1e6:8.2f} M params  {entry['gflops']:9.1f} GFLOPs  "
+            print(f"{name:>20s} {dims}D: {entry['params'] / 1e6:8.2f} M params  {entry['gflops']:9.1f} GFLOPs  "
                   f"{entry['images_per_second']:8.3f} img/s  input {entry['input_size']}", flush=True)
     print(f"wrote {out}")
     return 1 if any("error" in r for r in results) else 0

@@ -21,9 +21,9 @@ def register(app: typer.Typer) -> None:
         """Convert an image, keeping its voxel values and geometry (affine, spacing, direction) exactly."""
         import numpy as np
 
-        from medseg.io import load_image, orientation_code, save_image
+        from medseg.io import orientation_code, read_image, save_image
 
-        image = load_image(source, series_uid=series_uid)
+        image = read_image(source, series_uid=series_uid)  # numpy only: converting needs neither torch nor MONAI
         save_image(image, output)
         spacing = " × ".join(f"{s:.4g}" for s in image.meta["spacing"])
         shape = " × ".join(str(s) for s in image.shape[1:])

@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
             "Default: the manifest's foreground labels, or every non-zero value found.",
         ),
         metrics: str = typer.Option(",".join(DEFAULT_METRICS), "--metrics", help=metric_help()),
+        annotations: list[Path] = typer.Option(
+            None, "--annotations",
+            help="Folder of further reference annotations (another rater), paired by case id; repeatable. With ged "
+            "in --metrics, the samples in PRED/samples (medseg predict --samples N --save-samples) are scored against "
+            "--ref and these.",
+        ),
         nsd_tolerance_mm: str = typer.Option(
             "1,2", "--nsd-tolerance-mm", help="NSD tolerances in mm, comma-separated."
         ),
@@ -63,7 +69,7 @@ def register(app: typer.Typer) -> None:
         worst: int = typer.Option(5, "--worst", min=0, help="Cases with overlay thumbnails (lowest foreground Dice)."),
         no_report: bool = typer.Option(False, "--no-report", help="Write metrics.csv and summary.json only."),
     ) -> None:
-        """Evaluate predictions per case × class: Dice, IoU, Hausdorff (HD, HD95), ASSD, NSD, in millimetres.
+        """Evaluate predictions per case × class: Dice, IoU, Hausdorff (HD, HD95), ASSD, NSD (mm); GED of samples.
 
         Empty masks are never NaN and never dropped from means. Both empty: Dice 1, distance 0.
 
@@ -110,6 +116,7 @@ def register(app: typer.Typer) -> None:
                 missing=missing,  # type: ignore[arg-type]
                 images=images,
                 progress=on_case,
+                annotations=list(annotations or []),
             )
         pairing = result.pairing
         reoriented = [c.case_id for c in result.cases if c.reoriented]

@@ -45,7 +45,7 @@ def _millions(n: int | None) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The model table in Markdown, as the README shows it."""
     lines = [
-        "| name | family | dims | parameters at the paper's configuration | paper's figure | deep supervision |",
+        "| name | family | dims | parameters at the paper's configuration | published figure | deep supervision |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         family: str | None = typer.Option(None, "--family", help="Only the models of this family."),
         as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (as in the README)."),
     ) -> None:
-        """List the model zoo: dims, parameters at the paper's configuration, the paper's figure, deep supervision."""
+        """List the model zoo: dims, parameters at the paper's configuration, the published figure, deep supervision."""
         rows = _rows(family)
         if as_json:
             typer.echo(json.dumps(rows, indent=2))

@@ -125,8 +125,7 @@ def _compute(manifest_path: Path, workers: int | None, max_samples: int) -> dict
 
 def register(app: typer.Typer) -> None:
     """Add the ``fingerprint`` and ``plan`` commands to ``app``."""
-    from medseg.planning.fingerprint import DEFAULT_MAX_SAMPLES
-    from medseg.planning.presets import DEFAULT_PRESET, PRESETS
+    from medseg.planning.presets import DEFAULT_MAX_SAMPLES, DEFAULT_PRESET, PRESETS
 
     @app.command("fingerprint")
     def fingerprint(

@@ -29,17 +29,73 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     return value
 
 
+def _part(num_parts: int | None, part_id: int | None) -> tuple[int, int] | None:
+    """The part of a sharded batch this process predicts: ``--num-parts``/``--part-id``, or a torchrun rank.
+
+    Under ``torchrun`` (its launcher variables ``RANK`` and ``WORLD_SIZE``) each rank is one part.
+    """
+    import os
+
+    from medseg.errors import InferenceError
+
+    if (num_parts is None) != (part_id is None):
+        raise InferenceError("--num-parts and --part-id go together")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if num_parts is not None and part_id is not None:
+        if world > 1:
+            raise InferenceError("--num-parts/--part-id cannot be combined with torchrun's ranks (each rank is a part)")
+        if part_id >= num_parts:
+            raise InferenceError(f"--part-id {part_id} does not exist for --num-parts {num_parts} (0 … "
+                                 f"{num_parts - 1})")
+        return (part_id, num_parts) if num_parts > 1 else None
+    if world > 1:
+        return int(os.environ.get("RANK", "0") or 0), world
+    return None
+
+
+def _rank_device(device: str, part: tuple[int, int] | None) -> str:
+    """Under torchrun, ``auto``/``cuda`` mean this rank's GPU (``LOCAL_RANK``) when there are GPUs."""
+    import os
+
+    if part is None or "WORLD_SIZE" not in os.environ or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu" if device == "auto" else device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
+
+
+def _print_status(folder: Path) -> None:
+    from medseg.errors import InferenceError
+    from medseg.inference.ledger import LEDGER_NAME, Ledger
+
+    if not (folder / LEDGER_NAME).is_file():
+        raise InferenceError(f"no {LEDGER_NAME} here: not the output folder of a batch", folder)
+    with Ledger(folder) as ledger:
+        parts = ledger.status()
+    columns = ("assigned", "done", "failed", "running", "interrupted", "pending")
+    typer.echo("part " + " ".join(f"{c:>11}" for c in columns))
+    totals = dict.fromkeys(columns, 0)
+    for name, counts in parts.items():
+        typer.echo(f"{name:<5}" + " ".join(f"{counts[c]:>11}" for c in columns))
+        for c in columns:
+            totals[c] += counts[c]
+    if len(parts) > 1:
+        typer.echo(f"{'all':<5}" + " ".join(f"{totals[c]:>11}" for c in columns))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``predict`` command to ``app``."""
 
     @app.command("predict")
     def predict(
-        input_path: str = typer.Option(..., "--input", "-i",
+        input_path: str = typer.Option(None, "--input", "-i",
                                        help="Image file, folder of image files, manifest (.json), DICOM tree, a "
                                             "DICOM node AET@HOST:PORT (with --study-uid, --series-uid or "
                                             "--accession) or a DICOMweb study/series URL."),
-        out: Path = typer.Option(..., "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
-        models: list[Path] = typer.Option(..., "--model", "-m",
+        out: Path = typer.Option(None, "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
+        models: list[Path] = typer.Option(None, "--model", "-m",
                                           help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K); repeat "
                                                "for an ensemble of runs."),
         folds: str = typer.Option(None, "--folds", "-f", help="Comma-separated folds (default: every fold_K)."),
@@ -57,6 +113,15 @@ def register(app: typer.Typer) -> None:
         save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                                 help="Also write CASE_probabilities.npz (float16, native grid)."),
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component of each class."),
+        samples: int = typer.Option(0, "--samples", min=0,
+                                    help="Draw N predictions per case from a stochastic network (latent samples of "
+                                         "prob_unet/hprob_unet, or dropout masks of a network with dropout) and "
+                                         "write the label map of their mean probability, plus "
+                                         "uncertainty/CASE_{mean_probabilities,entropy,mutual_information}."),
+        sample_seed: int = typer.Option(0, "--sample-seed", min=0, help="Seed of the first draw (draw s: seed + s)."),
+        save_samples: bool = typer.Option(False, "--save-samples",
+                                          help="With --samples, also write samples/CASE: each draw's label map, "
+                                               "one channel per draw (what `evaluate --metrics ged` scores)."),
         manifest: Path = typer.Option(None, "--manifest",
                                       help="Manifest naming the labels (when INPUT is not a manifest)."),
         batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per batch (default: automatic)."),
@@ -82,15 +147,32 @@ def register(app: typer.Typer) -> None:
         move_port: int = typer.Option(None, "--move-port", min=1, max=65535,
                                       help="C-MOVE: the port the node sends the series to (it must know --aet at "
                                            "this host and port)."),
+        num_parts: int = typer.Option(None, "--num-parts", min=1,
+                                      help="Split the batch into this many parts run as separate jobs (e.g. a SLURM "
+                                           "array) into one output folder; with --part-id."),
+        part_id: int = typer.Option(None, "--part-id", min=0,
+                                    help="Which part this job predicts: 0 … num-parts − 1."),
+        status: Path = typer.Option(None, "--status",
+                                    help="Print done / failed / running / pending cases per part of the batch in "
+                                         "this output folder, and stop."),
     ) -> None:
         """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
 
         Exit code 0 when every case was predicted, 3 when some cases failed or a full disk stopped the batch (see the
         ledger; run the same command again to resume), 1 when an error stopped the command.
         """
+        from medseg.errors import InferenceError
         from medseg.utils.devices import parse_device
 
+        if status is not None:
+            _print_status(status)
+            return
+        missing = [name for name, value in (("--input", input_path), ("--output", out), ("--model", models))
+                   if not value]
+        if missing:
+            raise InferenceError(f"{', '.join(missing)} missing (or use --status OUTPUT to see a batch's progress)")
         device = parse_device(device)
+        part = _part(num_parts, part_id)
         _choice(precision, ("auto", "fp32", "fp16", "bf16"), "--precision")
         _choice(stitch_device, ("auto", "cpu", "cuda"), "--stitch-device")
         formats = [f.strip() for f in fmt.split(",") if f.strip()] or ["nifti"]
@@ -99,6 +181,8 @@ def register(app: typer.Typer) -> None:
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
         fold_list = _folds(folds)
+        if save_samples and not samples:
+            raise InferenceError("--save-samples needs --samples N (N ≥ 1)")
         from medseg.inference import Predictor, load_folds, run_batch
         from medseg.utils.files import FolderLock
 
@@ -108,6 +192,7 @@ def register(app: typer.Typer) -> None:
             require_pacs_extra("--send-to")
             for destination in send_to:
                 parse_destination(destination)
+
         def inputs() -> tuple[list, object]:
             return _cases(input_path, out, study_uid=study_uid, series_uid=series_uid, accession=accession,
                           method=retrieve, aet=aet, move_port=move_port)
@@ -115,12 +200,13 @@ def register(app: typer.Typer) -> None:
         remote = _is_remote(input_path)
         if not remote:  # a local input is checked before the output folder is made
             cases, input_manifest = inputs()
-        with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
+        with FolderLock(out, "medseg predict", wait=wait, part=part):  # run_batch takes it again at no cost
             if remote:  # fetched into the output folder, under its lock
                 cases, input_manifest = inputs()
             loaded = load_folds(models, fold_list, checkpoint)
-            predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
-                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
+            predictor = Predictor(loaded, tta=tta, step=step, device=_rank_device(device, part), precision=precision,
+                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size, samples=samples,
+                                  sample_seed=sample_seed, keep_samples=save_samples)
             names = predictor.label_names
             label_info: dict[int, dict[str, object]] = {}
             if manifest is not None:
@@ -135,9 +221,13 @@ def register(app: typer.Typer) -> None:
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
                 **({"label_info": {str(k): v for k, v in label_info.items()}} if label_info else {}),
             }
-            typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
+            if samples:
+                settings.update(samples=samples, sample_seed=sample_seed, save_samples=save_samples)
+            shard = "" if part is None else f" (part {part[0]} of 0…{part[1] - 1})"
+            typer.echo(f"{len(cases)} case(s){shard}, {len(loaded)} fold model(s), device {predictor.device}",
+                       err=True)
             summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,
-                                label_names=names, settings=settings, progress=progress, wait=wait,
+                                label_names=names, settings=settings, progress=progress, wait=wait, part=part,
                                 label_info=label_info, preview=preview)
             unsent = _send(cases, out, send_to, aet) if send_to else 0
             if statistics:

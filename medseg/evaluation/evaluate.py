@@ -6,6 +6,11 @@ from there too). Each case is evaluated in a worker process (``workers``); the r
 (see :mod:`medseg.evaluation.metrics` and ``METRICS.md`` for definitions and the empty-mask rules) and a summary
 whose keys match nnU-Net v2's ``summary.json`` where they overlap (``metric_per_case``, ``mean``,
 ``foreground_mean``, and per-class ``Dice``, ``IoU``, ``TP``, ``FP``, ``FN``, ``TN``, ``n_pred``, ``n_ref``).
+
+Samples: with ``ged`` among the metrics, each case's predicted samples (``PRED/samples/CASE``, one channel per draw,
+from ``medseg predict --samples N --save-samples``) are scored against its reference annotations — the reference
+and the case's file in every ``annotations`` folder (other raters) — with the squared generalised energy distance,
+per class (:func:`medseg.evaluation.metrics.generalised_energy_distance`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,15 +35,17 @@ from medseg.errors import EvaluationError
 from medseg.evaluation.metric_table import metric_spec
 from medseg.evaluation.metrics import (
     METRIC_NAMES,
+    SAMPLE_METRIC_NAMES,
     STATUS_BOTH_EMPTY,
     STATUS_FALSE_POSITIVE,
     STATUS_MISSED,
     STATUS_OK,
     empty_penalty_mm,
+    generalised_energy_distance,
     metric_keys,
     metrics_in_box,
 )
-from medseg.io.naming import DICOM_SUFFIX, LABEL_SUFFIXES, SEGMENTATION_SUFFIXES, case_id_of
+from medseg.io.naming import DICOM_SUFFIX, LABEL_SUFFIXES, SAMPLES_FOLDER, SEGMENTATION_SUFFIXES, case_id_of
 from medseg.io.naming import case_id as safe_case_id
 from medseg.utils.files import atomic_json, atomic_text, atomic_write_many
 
@@ -135,12 +142,16 @@ class CasePair:
         reference: Reference label map.
         prediction: Predicted label map, or ``None`` when it is missing and evaluated as empty (``missing="empty"``).
         image: Image for overlays (first channel is shown), when known.
+        samples: The prediction's per-sample label maps (one channel per sample), for sample metrics (``ged``).
+        annotations: Further reference annotations of the case (other raters), for sample metrics.
     """
 
     case_id: str
     reference: Path
     prediction: Path | None
     image: Path | None = None
+    samples: Path | None = None
+    annotations: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,32 @@ def pair_cases(
     return Pairing(pairs, label_names, unpaired, absent, missing)
 
 
+def attach_samples(pairing: Pairing, samples_dir: str | Path, annotation_dirs: Sequence[str | Path] = ()
+                   ) -> Pairing:
+    """The pairing with each case's samples (``samples_dir``) and further annotations (``annotation_dirs``).
+
+    Files are paired by case id, as predictions are.
+
+    Raises:
+        EvaluationError: A case has no samples file, or an annotation folder has no file for a case.
+    """
+    samples = list_case_files(samples_dir, "samples", LABEL_SUFFIXES) if Path(samples_dir).is_dir() else {}
+    folders = [(Path(d), list_case_files(d, "annotation", LABEL_SUFFIXES)) for d in annotation_dirs]
+    absent = [p.case_id for p in pairing.pairs if p.case_id not in samples]
+    if absent:
+        raise EvaluationError(f"no samples for {len(absent)} of {len(pairing.pairs)} cases ({_short(absent)}): the "
+                              "generalised energy distance scores the label maps of each draw, which `medseg predict "
+                              "--samples N --save-samples` writes there", samples_dir)
+    for folder, files in folders:
+        lacking = [p.case_id for p in pairing.pairs if p.case_id not in files]
+        if lacking:
+            raise EvaluationError(f"no annotation for {len(lacking)} of {len(pairing.pairs)} cases: {_short(lacking)}",
+                                  folder)
+    pairs = [replace(p, samples=samples[p.case_id], annotations=tuple(files[p.case_id] for _, files in folders))
+             for p in pairing.pairs]
+    return replace(pairing, pairs=pairs)
+
+
 def _pair_segs_by_series(predictions: dict[str, Path], references: Mapping[str, Path],
                          images: Mapping[str, Path]) -> dict[str, Path]:
     """Pair DICOM SEG predictions named by no reference's case id with the case of the series they refer to.
@@ -319,7 +356,9 @@ class CaseResult:
         resampled: Whether the prediction was resampled onto the reference grid.
         reoriented: Whether the prediction was stored in another axis order on the reference's world grid and was
             reoriented losslessly (:func:`medseg.io.align.match_grid`).
-        metrics: Label value → result of :func:`medseg.evaluation.metrics.metrics_in_box`.
+        metrics: Label value → result of :func:`medseg.evaluation.metrics.metrics_in_box` (and the sample metrics).
+        n_samples: Samples scored by the sample metrics (0 without them).
+        n_annotations: Annotations they were scored against (the reference and the further ones).
     """
 
     case_id: str
@@ -333,6 +372,8 @@ class CaseResult:
     resampled: bool
     reoriented: bool = False
     metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    n_samples: int = 0
+    n_annotations: int = 0
 
     @property
     def foreground_dice(self) -> float:
@@ -373,6 +414,38 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, Any]:
     if array.size and int(array.min()) < 0:
         raise EvaluationError(f"label map holds negative values (min {int(array.min())})", path)
     return array, image
+
+
+def read_sample_maps(path: str | Path, ref_image: Any, resample: bool, case_id: str = "") -> np.ndarray:
+    """Per-sample label maps (one channel per sample) as ``(N, *spatial)`` integers on the reference's grid.
+
+    Raises:
+        EvaluationError: Non-integer or negative values, or another grid (unless ``resample``: nearest neighbour).
+    """
+    from medseg.io import load_image
+    from medseg.io.align import match_grid
+
+    image = load_image(path)
+    match = match_grid(image, ref_image)
+    if match.image is not None:
+        image = match.image
+    elif not resample:
+        raise EvaluationError(f"case {case_id}: the samples' grid differs from the reference's; reference vs samples: "
+                              f"{'; '.join(match.differences)} (pass --resample-to-ref)", path)
+    array = np.asarray(image.array if hasattr(image, "array") else image)
+    if not np.issubdtype(array.dtype, np.integer):
+        rounded = np.rint(array)
+        if not np.all(np.isfinite(array)) or not np.array_equal(rounded, array):
+            raise EvaluationError("samples hold non-integer values (label maps expected, one channel per sample)",
+                                  path)
+        array = rounded.astype(np.int32)
+    if array.size and int(array.min()) < 0:
+        raise EvaluationError(f"samples hold negative values (min {int(array.min())})", path)
+    if match.image is None:
+        shape = tuple(int(s) for s in ref_image.shape[1:])
+        affine, ref_affine = np.asarray(image.meta["affine"]), np.asarray(ref_image.meta["affine"])
+        array = np.stack([resample_nearest(a, affine, shape, ref_affine) for a in array])
+    return array
 
 
 def resample_nearest(
@@ -499,6 +572,22 @@ def evaluate_case(
     penalty = empty_penalty_mm(ref.shape, spacing)
     ref_boxes, pred_boxes = _present_labels(ref), _present_labels(pred)
     values = sorted(set(ref_boxes) | set(pred_boxes)) if labels is None else [int(v) for v in labels]
+    sample_metrics = [m for m in metrics if m.lower() in SAMPLE_METRIC_NAMES]
+    samples: np.ndarray | None = None
+    annotations: list[np.ndarray] = []
+    if sample_metrics:
+        if pair.samples is None:
+            raise EvaluationError(f"case {pair.case_id}: {', '.join(sample_metrics)} needs the prediction's samples",
+                                  pair.prediction)
+        samples = read_sample_maps(pair.samples, ref_image, resample_to_ref, pair.case_id)
+        annotations = [ref]
+        for path in pair.annotations:
+            other, other_image = read_label_map(path)
+            annotations.append(on_reference_grid(other, other_image, ref_image, resample_to_ref, path,
+                                                 pair.case_id)[0])
+        if labels is None:
+            found = {v for array in (*samples, *annotations[1:]) for v in _present_labels(np.asarray(array))}
+            values = sorted(set(values) | found)
     result = CaseResult(
         case_id=pair.case_id,
         reference=pair.reference,
@@ -510,6 +599,8 @@ def evaluate_case(
         n_voxels=int(ref.size),
         resampled=resampled,
         reoriented=reoriented,
+        n_samples=0 if samples is None else len(samples),
+        n_annotations=len(annotations),
     )
     for value in values:
         if value == 0:
@@ -527,6 +618,9 @@ def evaluate_case(
             metrics=metrics,
             nsd_tolerances_mm=nsd_tolerances_mm,
         )
+        if samples is not None:
+            result.metrics[value]["GED"] = generalised_energy_distance([s == value for s in samples],
+                                                                       [a == value for a in annotations])
     return result
 
 
@@ -535,8 +629,12 @@ def _run_task(task: _CaseTask) -> CaseResult:
 
 
 def _both_empty(case: CaseResult, metrics: Sequence[str], tolerances: Sequence[float]) -> dict[str, Any]:
+    """The metrics of a class absent from a case (with sample metrics, absent from its samples and annotations too).
+
+    Both masks empty by the rules of ``METRICS.md``, and GED 0.
+    """
     empty = np.zeros((0,) * len(case.shape), dtype=bool)
-    return metrics_in_box(
+    out = metrics_in_box(
         empty,
         empty,
         case.spacing,
@@ -545,6 +643,9 @@ def _both_empty(case: CaseResult, metrics: Sequence[str], tolerances: Sequence[f
         metrics=metrics,
         nsd_tolerances_mm=tolerances,
     )
+    if "ged" in metrics:
+        out["GED"] = 0.0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -614,6 +715,8 @@ def evaluate(
     missing: Missing = "error",
     images: str | Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    annotations: Sequence[str | Path] = (),
+    samples_dir: str | Path | None = None,
 ) -> EvaluationResult:
     """Evaluate every prediction in ``pred`` against its reference.
 
@@ -630,9 +733,13 @@ def evaluate(
         missing: References without a prediction: ``"error"``, ``"empty"`` or ``"skip"`` (:func:`pair_cases`).
         images: Folder of images for the report's overlays (default: the manifest's images).
         progress: Called as ``progress(done, total, case_id)`` after each case.
+        annotations: Folders of further reference annotations (other raters), paired by case id; with ``ged`` the
+            samples are scored against the reference and these.
+        samples_dir: Folder of the per-sample label maps for ``ged`` (default: ``pred/samples``).
 
     Raises:
-        EvaluationError: Pairing problems, grid mismatches, unusable label maps, unknown metrics.
+        EvaluationError: Pairing problems, grid mismatches, unusable label maps, unknown metrics, ``ged`` without
+            samples, annotations without ``ged``.
     """
     try:
         keys = metric_keys(metrics, nsd_tolerances_mm)
@@ -641,6 +748,11 @@ def evaluate(
     chosen = tuple(dict.fromkeys(m.lower() for m in metrics))
     tolerances = tuple(float(t) for t in nsd_tolerances_mm) if "nsd" in chosen else ()
     pairing = pair_cases(pred, ref, images_dir=images, missing=missing)
+    if any(m in SAMPLE_METRIC_NAMES for m in chosen):
+        pairing = attach_samples(pairing, samples_dir if samples_dir is not None else Path(pred) / SAMPLES_FOLDER,
+                                 annotations)
+    elif annotations:
+        raise EvaluationError("further annotations are scored by the sample metric only: add ged to the metrics")
     if isinstance(labels, str):
         labels = parse_labels(labels, pairing.label_names)
     elif labels is not None and not isinstance(labels, Mapping):
@@ -794,6 +906,8 @@ def summarize(result: EvaluationResult) -> dict[str, Any]:
                 "reoriented": case.reoriented,
             }
         )
+        if case.n_samples:
+            per_case[-1].update(n_samples=case.n_samples, n_annotations=case.n_annotations)
     mean = {str(v): {k: float(result.values(v, k).mean()) for k in keys} for v in result.labels}
     fg = [v for v in result.labels if v != 0] or list(result.labels)
     foreground_mean = {k: float(np.mean([mean[str(v)][k] for v in fg])) for k in keys}
@@ -841,6 +955,9 @@ def summarize(result: EvaluationResult) -> dict[str, Any]:
             "foreground": "foreground_mean: mean of the per-class means; foreground_statistics: statistics over "
             "cases of each case's mean over the foreground classes",
             "std": "population standard deviation",
+            **({"GED": "squared generalised energy distance 2E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')], d = 1 - IoU of "
+                       "the class (0 for two empty masks), over all pairs of the case's samples S and annotations Y "
+                       "(the reference and the further annotations)"} if "GED" in result.metric_keys else {}),
         },
     }
 

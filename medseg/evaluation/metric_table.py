@@ -25,6 +25,8 @@ class MetricSpec:
         surface: Whether it needs surface distances.
         default: Whether ``medseg evaluate`` computes it when ``--metrics`` is not given.
         description: One line on what it measures.
+        samples: Whether it scores a prediction's samples against several reference annotations instead of one
+            label map against one reference (``medseg predict --samples N --save-samples``).
     """
 
     name: str
@@ -34,6 +36,7 @@ class MetricSpec:
     surface: bool
     default: bool
     description: str
+    samples: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (for ``summary.json``)."""
@@ -49,6 +52,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("assd", "ASSD", "mm", False, True, True, "average symmetric surface distance (both directions pooled)"),
     MetricSpec("nsd", "NSD", "", True, True, True,
                "normalised surface Dice: the fraction of both borders within the tolerance of the other"),
+    MetricSpec("ged", "GED", "", False, False, False,
+               "squared generalised energy distance between the predicted samples S and the reference annotations Y: "
+               "2E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')], d = 1 - IoU", samples=True),
 )
 
 #: ``--metrics`` when not given.

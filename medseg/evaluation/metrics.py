@@ -33,8 +33,12 @@ from scipy import ndimage
 
 from medseg.evaluation.metric_table import METRICS
 
-#: Metric names accepted by :func:`compute_metrics` (``nsd`` yields one value per tolerance), from :data:`METRICS`.
-METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+#: Metric names accepted by :func:`compute_metrics` (``nsd`` yields one value per tolerance), from :data:`METRICS`:
+#: those of one prediction against one reference.
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS if not m.samples)
+#: Metrics of a prediction's samples against several annotations (``ged``: :func:`generalised_energy_distance`),
+#: computed by :func:`medseg.evaluation.evaluate.evaluate` from the sample files.
+SAMPLE_METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS if m.samples)
 #: Metrics that need surface distances.
 SURFACE_METRICS: frozenset[str] = frozenset(m.name for m in METRICS if m.surface)
 #: Column/key name of each scalar metric (nnU-Net spells ``Dice`` and ``IoU`` this way).
@@ -282,9 +286,10 @@ def nsd(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance_m
 
 def _check_metrics(metrics: Sequence[str], tolerances: Sequence[float]) -> tuple[tuple[str, ...], tuple[float, ...]]:
     chosen = tuple(dict.fromkeys(m.lower() for m in metrics))
-    unknown = [m for m in chosen if m not in METRIC_NAMES]
+    known = (*METRIC_NAMES, *SAMPLE_METRIC_NAMES)
+    unknown = [m for m in chosen if m not in known]
     if unknown:
-        raise ValueError(f"unknown metric {', '.join(unknown)} (known: {', '.join(METRIC_NAMES)})")
+        raise ValueError(f"unknown metric {', '.join(unknown)} (known: {', '.join(known)})")
     tol = tuple(float(t) for t in tolerances)
     if "nsd" in chosen and (not tol or any(not np.isfinite(t) or t < 0 for t in tol)):
         raise ValueError(f"NSD needs one or more finite tolerances ≥ 0 mm, got {tol}")
@@ -295,7 +300,7 @@ def metric_keys(metrics: Sequence[str], nsd_tolerances_mm: Sequence[float] = (1.
     """Result keys :func:`compute_metrics` produces for ``metrics`` (in this order), e.g. ``["Dice", "NSD_1mm"]``."""
     chosen, tol = _check_metrics(metrics, nsd_tolerances_mm)
     keys: list[str] = []
-    for name in METRIC_NAMES:
+    for name in (*METRIC_NAMES, *SAMPLE_METRIC_NAMES):
         if name in chosen:
             keys.extend([nsd_key(t) for t in tol] if name == "nsd" else [METRIC_KEYS[name]])
     return keys
@@ -326,7 +331,8 @@ def metrics_in_box(
         nsd_tolerances_mm: NSD tolerances in mm.
 
     Returns:
-        ``{"status", "TP", "FP", "FN", "TN", "n_pred", "n_ref", <metric keys>}``; see :func:`metric_keys`.
+        ``{"status", "TP", "FP", "FN", "TN", "n_pred", "n_ref", <metric keys>}``; see :func:`metric_keys`. Sample
+        metrics (``ged``) are left to the caller, who has the samples.
     """
     pred, ref = _as_mask(pred), _as_mask(ref)
     spacing = _check_pair(pred, ref, spacing)
@@ -400,7 +406,15 @@ def compute_metrics(
     Returns:
         ``status`` (``ok``, ``both_empty``, ``missed``, ``false_positive``), the confusion counts ``TP``, ``FP``,
         ``FN``, ``TN``, ``n_pred``, ``n_ref``, and one float per metric key (:func:`metric_keys`).
+
+    Raises:
+        ValueError: An unknown metric, or a sample metric (``ged``: :func:`generalised_energy_distance` takes the
+            samples and the annotations).
     """
+    samples = [m for m in metrics if m.lower() in SAMPLE_METRIC_NAMES]
+    if samples:
+        raise ValueError(f"{', '.join(samples)} scores samples against annotations, not one mask against one: use "
+                         "generalised_energy_distance(samples, annotations)")
     pred, ref = _as_mask(pred), _as_mask(ref)
     spacing = _check_pair(pred, ref, spacing)
     penalty = empty_penalty_mm(pred.shape, spacing) if penalty_mm is None else float(penalty_mm)
@@ -416,3 +430,74 @@ def compute_metrics(
         metrics=metrics,
         nsd_tolerances_mm=nsd_tolerances_mm,
     )
+
+
+def iou_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """``1 - IoU(a, b)`` of two masks; 0 when both are empty (the empty-mask rule of ``METRICS.md``)."""
+    a, b = _as_mask(a), _as_mask(b)
+    union = int(np.count_nonzero(a | b))
+    return 0.0 if union == 0 else 1.0 - int(np.count_nonzero(a & b)) / union
+
+
+def energy_distance_terms(samples: Sequence[np.ndarray], annotations: Sequence[np.ndarray]
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distance matrices ``d(Y_j, S_i)``, ``d(S_i, S_i')``, ``d(Y_j, Y_j')`` with ``d = 1 - IoU``.
+
+    Args:
+        samples: N predicted masks (one class), all of one shape.
+        annotations: M reference masks of the same shape.
+
+    Returns:
+        ``(M, N)``, ``(N, N)`` and ``(M, M)`` float64 matrices (symmetric ones computed once per pair).
+
+    Raises:
+        ValueError: No samples or no annotations, or masks of different shapes.
+    """
+    s_masks = [_as_mask(m) for m in samples]
+    y_masks = [_as_mask(m) for m in annotations]
+    if not s_masks or not y_masks:
+        raise ValueError(f"the energy distance needs samples and annotations, got {len(s_masks)} and {len(y_masks)}")
+    shapes = {m.shape for m in (*s_masks, *y_masks)}
+    if len(shapes) != 1:
+        raise ValueError(f"samples and annotations have different shapes: {sorted(shapes)}")
+    box = None
+    for m in (*s_masks, *y_masks):
+        box = _merge(box, union_box(m, m))
+    if box is None:  # every mask empty: all distances 0
+        return np.zeros((len(y_masks), len(s_masks))), np.zeros((len(s_masks),) * 2), np.zeros((len(y_masks),) * 2)
+    s_masks = [m[box] for m in s_masks]
+    y_masks = [m[box] for m in y_masks]
+
+    def pairwise(first: list[np.ndarray], second: list[np.ndarray], symmetric: bool) -> np.ndarray:
+        out = np.zeros((len(first), len(second)))
+        for i, a in enumerate(first):
+            for j in range(i if symmetric else 0, len(second)):
+                out[i, j] = iou_distance(a, second[j])
+                if symmetric:
+                    out[j, i] = out[i, j]
+        return out
+
+    return pairwise(y_masks, s_masks, False), pairwise(s_masks, s_masks, True), pairwise(y_masks, y_masks, True)
+
+
+def _merge(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def generalised_energy_distance(samples: Sequence[np.ndarray], annotations: Sequence[np.ndarray]) -> float:
+    """Squared generalised energy distance ``D²_GED`` between predicted samples and reference annotations.
+
+    ``D²_GED = 2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')]`` with ``d = 1 - IoU`` (Kohl et al., *A Probabilistic U-Net
+    for Segmentation of Ambiguous Images*, NeurIPS 2018, Eq. 5; the metric of the Hierarchical Probabilistic U-Net
+    too). The expectations are means over all pairs, each sample and annotation paired with itself included (as the
+    authors' evaluation code, ``SimonKohl/probabilistic_unet`` ``evaluation/eval_cityscapes.py``, computes them);
+    two empty masks are at distance 0. 0 when the samples reproduce the annotations' distribution; larger is worse.
+
+    Args:
+        samples: N predicted masks of one class.
+        annotations: M reference masks of that class (several raters).
+    """
+    d_ys, d_ss, d_yy = energy_distance_terms(samples, annotations)
+    return float(2 * d_ys.mean() - d_ss.mean() - d_yy.mean())

@@ -3,6 +3,8 @@
 - :mod:`~medseg.inference.sliding_window`: gaussian sliding window, mirroring TTA, memory-bounded stitching.
 - :mod:`~medseg.inference.resample`: torch resampling of logits back to the native grid (separate-z rule).
 - :mod:`~medseg.inference.predictor`: load trained folds, predict a case on its exact input grid.
+- :mod:`~medseg.inference.uncertainty`: samples of stochastic networks (``--samples``) to mean probability, entropy,
+  mutual information and per-sample label maps.
 - :mod:`~medseg.inference.writers`: NIfTI/NRRD labels, ``.npz`` probabilities, DICOM Segmentation.
 - :mod:`~medseg.inference.ledger`, :mod:`~medseg.inference.batch`: resumable batch runs over many scans.
 

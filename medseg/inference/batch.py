@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from medseg.errors import ImageReadError, InferenceError, MedsegError
 from medseg.inference.ledger import Ledger, fingerprint_files, settings_hash
 from medseg.inference.writers import (
@@ -39,6 +41,7 @@ from medseg.inference.writers import (
     write_dicom_seg,
     write_labels,
     write_probabilities,
+    write_uncertainty,
 )
 from medseg.io.naming import case_id, case_id_of, image_suffix, unique_case_ids
 from medseg.utils.files import FolderLock, atomic_json, is_disk_full
@@ -302,6 +305,7 @@ def run_batch(
     wait: bool = False,
     label_info: Mapping[int, Mapping[str, Any]] | None = None,
     preview: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> BatchSummary:
     """Predict every case, resumably (see the module docstring).
 
@@ -314,6 +318,9 @@ def run_batch(
             cannot get one format still gets the others and is recorded as failed, naming what is missing. Files are
             named by the case's :attr:`CaseInput.stem` (patient and series description for DICOM series).
         save_probabilities: Also write ``CASE_probabilities.npz``.
+            A predictor drawing samples also writes ``uncertainty/CASE_{mean_probabilities,entropy,
+            mutual_information}`` and, when it keeps them, ``samples/CASE`` (:func:`~medseg.inference.writers.
+            write_uncertainty`; NRRD when ``nrrd`` is among the formats and ``nifti`` is not, else NIfTI).
         label_names: Label value → name (segment labels of DICOM SEG, probability class names).
         settings: What defines the results (hashed; a change redoes the cases).
         progress: ``auto``, ``rich`` or ``plain``.
@@ -324,6 +331,9 @@ def run_batch(
             ROIs, :mod:`medseg.io.segment_codes`).
         preview: Also write ``previews/STEM.png``: the prediction over the image in three planes
             (:func:`medseg.io.overlay.write_preview`).
+        part: ``(I, K)``: predict only part I (0-based) of the batch split into K parts — the cases ``I, I + K,
+            I + 2K, …`` of ``cases`` — side by side with the other parts in the same output folder and ledger
+            (``torchrun`` ranks or scheduler array jobs); ``None``: every case.
 
     Returns:
         The summary. A full disk stops the batch (``summary.stopped``); ``KeyboardInterrupt`` is re-raised after the
@@ -336,14 +346,19 @@ def run_batch(
     if preview:
         formats.append("preview")
     out = Path(out_dir)
-    with FolderLock(out, "medseg predict", wait=wait):
+    if part is not None:
+        index, parts = part
+        if not 0 <= index < parts:
+            raise InferenceError(f"part {index} of {parts} does not exist (part ids run from 0 to {parts - 1})")
+        cases = list(cases)[index::parts]
+    with FolderLock(out, "medseg predict", wait=wait, part=part):
         names = dict(label_names or predictor.label_names)
         settings = {**dict(settings or {}), "format": ",".join(formats), "save_probabilities": save_probabilities}
         try:
             _write_label_names(out / LABELS_FILE, names)
             with Ledger(out) as ledger:
                 return _run_cases(predictor, cases, out, ledger, formats, names, settings, save_probabilities,
-                                  _Progress(0, progress, stream or sys.stderr), after_case, label_info or {})
+                                  _Progress(0, progress, stream or sys.stderr), after_case, label_info or {}, part)
         except MedsegError as exc:  # a full disk before the first case (a full disk later stops inside the loop)
             if not is_disk_full(exc):
                 raise
@@ -383,15 +398,18 @@ def _format_problems(formats: Sequence[str], case: CaseInput, image: Any) -> dic
 def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Ledger, formats: Sequence[str],
                names: Mapping[int, str], settings: Mapping[str, Any], save_probabilities: bool,
                bar: _Progress, after_case: Callable[[str, str], None] | None,
-               label_info: Mapping[int, Mapping[str, Any]]) -> BatchSummary:
+               label_info: Mapping[int, Mapping[str, Any]], part: tuple[int, int] | None = None) -> BatchSummary:
     from medseg import __version__
     from medseg.io.segment_codes import describe_labels
 
     digest = settings_hash(settings)
     summary = BatchSummary()
     start_all = time.perf_counter()
-    summary.interrupted_before = ledger.close_interrupted()
-    ledger.begin_run(settings)
+    owner = "" if part is None else f"{part[0]}/{part[1]}"
+    summary.interrupted_before = ledger.close_interrupted(owner or None)
+    if part is not None:
+        ledger.assign(((c.case_id, c.display) for c in cases), owner)
+    ledger.begin_run(settings, owner or None)
     pending: list[tuple[CaseInput, str]] = []
     for case in cases:
         fingerprint = case.fingerprint()
@@ -429,8 +447,6 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
                 write_dicom_seg(labels, source["source_files"], target, names, descriptions=descriptions,
                                 software_version=__version__, series_description=description, uid_seed=seed)
             else:
-                import numpy as np
-
                 from medseg.io.rtstruct import write_rtstruct
 
                 description = f"medseg RT {source.get('series_description') or ''}".strip()[:64]
@@ -453,7 +469,12 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
             timings: dict[str, float] = {}
             written: list[str] = []
             try:
-                ledger.start(case.case_id, case.display, fingerprint, digest)
+                if not ledger.claim(case.case_id, case.display, fingerprint, digest, owner):
+                    summary.skipped.append(case.case_id)  # done or being done by another part meanwhile
+                    if index + 1 < len(pending) and index + 1 not in futures:
+                        futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
+                    futures.pop(index).cancel()
+                    continue
                 prepared = futures.pop(index).result()
                 if index + 1 < len(pending):
                     futures[index + 1] = executor.submit(load_and_prepare, pending[index + 1][0])
@@ -475,6 +496,11 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
                 if save_probabilities and prediction.probabilities is not None:
                     written.append(str(write_probabilities(prediction.probabilities,
                                                            probabilities_path(out, case.stem), names)))
+                if getattr(prediction, "uncertainty", None) is not None:
+                    ending = ".nrrd" if "nrrd" in formats and "nifti" not in formats else ".nii.gz"
+                    affine = np.asarray(prediction.labels.affine, dtype=np.float64)
+                    written += [str(p) for p in write_uncertainty(prediction.uncertainty, affine, out, case.stem,
+                                                                  ending)]
                 timings["write"] = time.perf_counter() - t0
                 timings["total"] = time.perf_counter() - started
                 if problems:

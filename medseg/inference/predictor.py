@@ -29,6 +29,7 @@ from torch import nn
 from medseg.errors import InferenceError
 from medseg.inference.resample import export_segmentation
 from medseg.inference.sliding_window import Precision, SlidingWindowPredictor, SlidingWindowStats, resolve_device
+from medseg.inference.uncertainty import SampleAccumulator, SampleSummary
 
 CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt", "latest": "checkpoint_latest.pt"}
 
@@ -195,12 +196,15 @@ class Prediction:
         probabilities: ``(K, *native)`` float16 probabilities, or ``None``.
         seconds: Per stage: ``load``, ``preprocess``, ``predict``, ``export``, ``postprocess``.
         window_stats: What the sliding window did.
+        uncertainty: With samples (:class:`Predictor`'s ``samples``): their mean probability, entropy, mutual
+            information and, when kept, per-sample label maps; ``labels`` is then the mean's argmax.
     """
 
     labels: Any
     probabilities: np.ndarray | None
     seconds: dict[str, float]
     window_stats: SlidingWindowStats
+    uncertainty: SampleSummary | None = None
 
 
 class Predictor:
@@ -216,15 +220,31 @@ class Predictor:
         stitch_dtype: ``auto``, ``fp16`` or ``fp32``.
         lcc: Keep only the largest connected component of each class.
         batch_size: Windows per batch (default: automatic).
+        samples: Draw this many predictions of stochastic networks per case (latent samples or dropout masks, see
+            :mod:`medseg.inference.uncertainty`); 0: one deterministic prediction.
+        sample_seed: Seed of the first draw (draw ``s`` uses ``sample_seed + s``).
+        keep_samples: Keep each draw's label map (``Prediction.uncertainty.samples``).
     """
 
     def __init__(self, folds: Sequence[FoldModel], *, tta: bool = True, step: float = 0.5,
                  device: str = "auto", precision: Precision = "auto", stitch_device: str = "auto",
-                 stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None) -> None:
+                 stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None, samples: int = 0,
+                 sample_seed: int = 0, keep_samples: bool = False) -> None:
         from medseg.preprocessing import configuration_of
 
         if not folds:
             raise InferenceError("no folds to predict with")
+        if samples < 0:
+            raise InferenceError(f"the number of samples must be 0 or more, not {samples}")
+        if samples:
+            from medseg.models.sampling import stochastic_kind
+
+            deterministic = [f for f in folds if stochastic_kind(f.model) is None]
+            if deterministic:
+                raise InferenceError("--samples needs a stochastic network (a probabilistic model such as prob_unet "
+                                     "or hprob_unet, or one with dropout layers); this run's network has no latent "
+                                     "variables and no dropout", deterministic[0].run_dir)
+        self.samples, self.sample_seed, self.keep_samples = int(samples), int(sample_seed), bool(keep_samples)
         self.folds = list(folds)
         first = self.folds[0]
         self.plans = first.plans
@@ -267,19 +287,13 @@ class Predictor:
         from medseg.io import make_image
 
         seconds = dict(case.seconds)
-        start = time.perf_counter()
-        values = self.window.predict(case.data)
-        if values.device.type == "cuda":
-            torch.cuda.synchronize(values.device)
-        seconds["predict"] = time.perf_counter() - start
-        start = time.perf_counter()
-        resample_device = self.device if self.device.type == "cuda" else values.device
-        exported = export_segmentation(values, case.properties, self.cfg.resampling,
-                                       kind=self.window.output_kind, device=resample_device,
-                                       probabilities=probabilities)
-        del values
-        seconds["export"] = time.perf_counter() - start
-        labels = exported.labels
+        if self.samples:
+            summary = self._draw_samples(case, seconds)
+            labels, native_probabilities = summary.labels, summary.mean_probabilities if probabilities else None
+        else:
+            summary = None
+            exported = self._export(case, None, seconds, probabilities)
+            labels, native_probabilities = exported.labels, exported.probabilities
         if self.lcc:
             start = time.perf_counter()
             labels = largest_component_per_class(labels)
@@ -290,8 +304,38 @@ class Predictor:
                                      "sop_instance_uids", "source_files", "frame_of_reference_uid", "patient_id",
                                      "modality", "series_description") if k in meta}
         image = make_image(labels[None], affine, keep)
-        return Prediction(labels=image, probabilities=exported.probabilities, seconds=seconds,
-                          window_stats=self.window.stats)
+        if native_probabilities is not None:
+            native_probabilities = native_probabilities.astype(np.float16, copy=False)
+        return Prediction(labels=image, probabilities=native_probabilities, seconds=seconds,
+                          window_stats=self.window.stats, uncertainty=summary)
+
+    def _export(self, case: PreparedCase, sample: int | None, seconds: dict[str, float], probabilities: bool) -> Any:
+        """One pass of the sliding window (draw ``sample``, or the deterministic one), exported to the native grid."""
+        start = time.perf_counter()
+        values = self.window.predict(case.data, sample=sample)
+        if values.device.type == "cuda":
+            torch.cuda.synchronize(values.device)
+        seconds["predict"] = seconds.get("predict", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+        resample_device = self.device if self.device.type == "cuda" else values.device
+        exported = export_segmentation(values, case.properties, self.cfg.resampling,
+                                       kind=self.window.output_kind, device=resample_device,
+                                       probabilities=probabilities)
+        del values
+        seconds["export"] = seconds.get("export", 0.0) + time.perf_counter() - start
+        return exported
+
+    def _draw_samples(self, case: PreparedCase, seconds: dict[str, float]) -> SampleSummary:
+        """``samples`` passes of the sliding window, each exported, folded into their summary."""
+        accumulator = SampleAccumulator(self.keep_samples)
+        for s in range(self.samples):
+            exported = self._export(case, self.sample_seed + s, seconds, True)
+            accumulator.add(exported.probabilities, exported.labels)
+            del exported
+        start = time.perf_counter()
+        summary = accumulator.result()
+        seconds["export"] += time.perf_counter() - start
+        return summary
 
     def predict(self, image: Any, case_id: str = "case", *, probabilities: bool = False) -> Prediction:
         """Preprocess, predict and export one loaded image."""

@@ -16,6 +16,11 @@ Several models (a fold ensemble) are run on every window and their softmax proba
 over the volume and one stitching buffer serve the whole ensemble; a single model stitches its logits, as
 nnU-Net does.
 
+**Samples** of stochastic networks (latent-variable models such as the Probabilistic U-Net, or any network with
+dropout layers: Monte-Carlo dropout) are drawn by the same pass: ``predict(data, sample=s)`` runs every window inside
+:func:`medseg.models.sampling.sample_mode` with seed ``s``, so the pass stitches draw ``s`` (one shared latent noise
+for every window of a latent model; seeded dropout masks). One pass per draw keeps the memory of one prediction.
+
 Memory (see :class:`SlidingWindowPredictor`): the input volume stays in host memory and windows are copied to the
 compute device one batch at a time; each batch's result is moved to the stitching device and folded into the buffer
 before the next batch runs. The buffer (``K × spatial`` values plus a float32 weight map) lives on the compute
@@ -31,6 +36,7 @@ keeps a few bits only at window corners, which is why it scales its gaussian by 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -321,17 +327,32 @@ class SlidingWindowPredictor:
 
     @torch.no_grad()
     def predict(self, data: torch.Tensor | np.ndarray,
-                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                progress: Callable[[int, int], None] | None = None, *, sample: int | None = None) -> torch.Tensor:
         """Predict a preprocessed volume.
 
         Args:
             data: ``(C, *spatial)`` float input (kept where it is; windows are copied to the compute device).
             progress: Called as ``progress(windows_done, windows_total)`` after each batch.
+            sample: Draw this sample (its seed) of stochastic models instead of their deterministic prediction
+                (see the module docstring).
 
         Returns:
             ``(K, *spatial)`` tensor on the stitching device in the stitching dtype: stitched logits (one model) or
             probabilities (ensemble); see :attr:`output_kind`. :attr:`stats` describes the run.
+
+        Raises:
+            ModelError: ``sample`` is given and a model has no latent variables and no dropout layers.
         """
+        if sample is None:
+            return self._predict(data, progress)
+        from medseg.models.sampling import sample_mode
+
+        with contextlib.ExitStack() as stack:
+            for model in self.models:
+                stack.enter_context(sample_mode(model, int(sample)))
+            return self._predict(data, progress)
+
+    def _predict(self, data: torch.Tensor | np.ndarray, progress: Callable[[int, int], None] | None) -> torch.Tensor:
         image = torch.as_tensor(data).float()
         if image.ndim != len(self.patch) + 1:
             raise ValueError(f"expected a (C, *spatial) input with {len(self.patch)} spatial axes, got {image.shape}")

@@ -23,6 +23,7 @@ import numpy as np
 
 from medseg.errors import InferenceError
 from medseg.io.dicom_derived import derived_problem, derived_uid, read_sources
+from medseg.io.naming import SAMPLES_FOLDER, UNCERTAINTY_FOLDER
 from medseg.utils.files import atomic_write
 
 #: Output format → file ending.
@@ -197,3 +198,38 @@ def read_dicom_seg_labels(path: Path, source_sop_instance_uids: Sequence[str]) -
                                                assert_missing_frames_are_empty=True)
     names = {int(n): str(seg.get_segment_description(n).segment_label) for n in numbers}
     return np.transpose(np.asarray(pixels), (2, 1, 0)), names
+
+
+def uncertainty_paths(out_dir: Path, case_id: str, ending: str = ".nii.gz") -> dict[str, Path]:
+    """Where the outputs of ``--samples`` for ``case_id`` go, by kind.
+
+    ``mean_probabilities``, ``entropy`` and ``mutual_information`` in ``OUT/uncertainty/`` (``CASE_<kind>``) and
+    ``samples`` (the per-sample label maps, one channel per sample) as ``OUT/samples/CASE``
+    (:data:`medseg.io.naming.UNCERTAINTY_FOLDER`, :data:`~medseg.io.naming.SAMPLES_FOLDER`).
+    """
+    folder = out_dir / UNCERTAINTY_FOLDER
+    paths = {kind: folder / f"{case_id}_{kind}{ending}" for kind in ("mean_probabilities", "entropy",
+                                                                      "mutual_information")}
+    paths["samples"] = out_dir / SAMPLES_FOLDER / f"{case_id}{ending}"
+    return paths
+
+
+def write_uncertainty(summary: Any, affine: np.ndarray, out_dir: Path, case_id: str, ending: str = ".nii.gz"
+                      ) -> list[Path]:
+    """Write a case's :class:`~medseg.inference.uncertainty.SampleSummary` with the label map's affine, atomically.
+
+    The mean probabilities (one channel per class, float32), the entropy and the mutual information (float32, nats)
+    and, when the summary kept them, the per-sample label maps (one channel per sample): NIfTI (``.nii.gz``) or
+    NRRD (``.nrrd``) by ``ending``, each through :func:`medseg.io.save_image`.
+
+    Returns:
+        The paths written.
+    """
+    from medseg.io import save_image
+
+    paths = uncertainty_paths(out_dir, case_id, ending)
+    arrays = {"mean_probabilities": summary.mean_probabilities, "entropy": summary.entropy[None],
+              "mutual_information": summary.mutual_information[None]}
+    if summary.samples is not None:
+        arrays["samples"] = summary.samples
+    return [save_image(np.ascontiguousarray(array), paths[kind], affine=affine) for kind, array in arrays.items()]

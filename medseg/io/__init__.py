@@ -10,6 +10,7 @@ from medseg.io.image import (
     is_image_path,
     load_image,
     make_image,
+    read_image,
     require_3d,
     save_image,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "make_image",
     "orientation_code",
     "read_dicom_series",
+    "read_image",
     "require_3d",
     "save_image",
     "scan_dicom",

@@ -33,7 +33,7 @@ import numpy as np
 
 from medseg.errors import DicomSeriesError, GeometryError, ImageReadError
 from medseg.io.geometry import LPS_TO_RAS
-from medseg.io.meta import apply_rescale, make_image
+from medseg.io.meta import ImageData, apply_rescale, image_data, make_image
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -215,6 +215,11 @@ def read_dicom_series(path: str | Path, *, series_uid: str | None = None) -> Any
     return load_series(info, path)
 
 
+def read_series_data(path: str | Path, *, series_uid: str | None = None) -> ImageData:
+    """:func:`read_dicom_series` as :class:`~medseg.io.meta.ImageData` (numpy, no torch)."""
+    return series_data(choose_series(scan_dicom(path), series_uid, path), path)
+
+
 def _fg_value(frame_group: Any, shared: Any, sequence: str, keyword: str) -> Any:
     for group in (frame_group, shared):
         if group is not None and sequence in group and len(group[sequence].value) and keyword in group[sequence][0]:
@@ -384,6 +389,11 @@ def _pixel_array(ds: Any, path: Path) -> np.ndarray:
 
 def load_series(info: SeriesInfo, where: str | Path | None = None) -> Any:
     """Read the pixels of a scanned series into a RAS ``MetaTensor`` of shape ``(1, columns, rows, slices)``."""
+    return make_image(series_data(info, where))
+
+
+def series_data(info: SeriesInfo, where: str | Path | None = None) -> ImageData:
+    """Read the pixels of a scanned series as :class:`~medseg.io.meta.ImageData` ``(1, columns, rows, slices)``."""
     where = where if where is not None else (info.files[0].parent if info.files else "")
     headers: dict[Path, Any] = {}
     slices: list[_Slice] = []
@@ -425,4 +435,4 @@ def load_series(info: SeriesInfo, where: str | Path | None = None) -> Any:
         "frame_numbers": [None if s.frame is None else s.frame + 1 for s in slices],
         "source_files": [str(s.path) for s in slices],
     }
-    return make_image(data, LPS_TO_RAS @ affine_lps, meta)
+    return image_data(data, LPS_TO_RAS @ affine_lps, meta)

@@ -23,7 +23,7 @@ import numpy as np
 from medseg.errors import ImageReadError
 from medseg.io.dicom import SEG_SOP_CLASS
 from medseg.io.geometry import LPS_TO_RAS
-from medseg.io.meta import make_image
+from medseg.io.meta import ImageData, image_data, make_image
 
 
 def is_dicom_seg(path: str | Path) -> bool:
@@ -60,6 +60,11 @@ def _stack_affine(volume_affine: np.ndarray, shape_src: tuple[int, int, int]) ->
 
 
 def read_dicom_seg(path: str | Path) -> Any:
+    """Read a DICOM Segmentation as a ``(1, X, Y, Z)`` label-map ``MetaTensor`` (:func:`dicom_seg_data`)."""
+    return make_image(dicom_seg_data(path))
+
+
+def dicom_seg_data(path: str | Path) -> ImageData:
     """Read a DICOM Segmentation as a ``(1, X, Y, Z)`` label map of segment numbers (0 is background).
 
     ``meta`` holds the usual geometry keys (see :mod:`medseg.io.image`) and ``format`` ``dicom-seg``,
@@ -113,4 +118,4 @@ def read_dicom_seg(path: str | Path) -> Any:
         "series_description": str(getattr(seg, "SeriesDescription", "")),
         "referenced_series_uids": referenced,
     }
-    return make_image(narrowed[None], LPS_TO_RAS @ affine_lps, meta)
+    return image_data(narrowed[None], LPS_TO_RAS @ affine_lps, meta)

@@ -24,11 +24,9 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
 
 from medseg.errors import GeometryError, ImageContentError, ImageReadError, ImageWriteError
 from medseg.io.geometry import (
@@ -38,7 +36,7 @@ from medseg.io.geometry import (
     geometry_from_affine,
     is_orthonormal,
 )
-from medseg.io.meta import WIDEN, apply_rescale, make_image
+from medseg.io.meta import WIDEN, ImageData, apply_rescale, image_data, make_image
 from medseg.io.naming import (
     NIFTI_SUFFIXES,
     PICTURE_SUFFIXES,
@@ -47,6 +45,10 @@ from medseg.io.naming import (
     WRITE_SUFFIXES,
     image_suffix,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from monai.data import MetaTensor
 
 __all__ = [
     "READ_SUFFIXES",
@@ -58,6 +60,7 @@ __all__ = [
     "is_image_path",
     "load_image",
     "make_image",
+    "read_image",
     "require_3d",
     "save_image",
 ]
@@ -90,6 +93,8 @@ def is_image_path(path: str | Path) -> bool:
 def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor:
     """Load an image file or a DICOM series folder as a channel-first ``MetaTensor`` with RAS geometry.
 
+    :func:`read_image` with its result wrapped by :func:`medseg.io.meta.make_image`.
+
     Args:
         path: A ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, a DICOM file, a folder holding
             one DICOM series (searched recursively), or a DICOM Segmentation file (read as a label map of segment
@@ -103,6 +108,18 @@ def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor
         ImageReadError: The path is missing, not an image, truncated or corrupt.
         DicomSeriesError: A DICOM folder holds no series, or several and none was chosen.
         GeometryError: A DICOM series' geometry cannot be trusted (missing slices, tilt, mixed orientations…).
+    """
+    return make_image(read_image(path, series_uid=series_uid))
+
+
+def read_image(path: str | Path, *, series_uid: str | None = None) -> ImageData:
+    """Read an image file or a DICOM series folder as :class:`~medseg.io.meta.ImageData` (numpy, no torch).
+
+    The same reading and checks as :func:`load_image` — geometry is checked before anything else sees the image
+    (a singular affine, zero, negative or NaN voxel sizes are refused) — for commands that only move files around.
+
+    Raises:
+        ImageReadError, DicomSeriesError, GeometryError: As :func:`load_image`.
     """
     path = Path(path)
     if not path.exists():
@@ -123,15 +140,15 @@ def load_image(path: str | Path, *, series_uid: str | None = None) -> MetaTensor
     return image
 
 
-def _read_any(path: Path, series_uid: str | None) -> MetaTensor:
+def _read_any(path: Path, series_uid: str | None) -> ImageData:
     fmt = image_format(path)
     if fmt == "dicom":
-        from medseg.io.dicom import read_dicom_series
-        from medseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
+        from medseg.io.dicom import read_series_data
+        from medseg.io.dicom_seg import dicom_seg_data, is_dicom_seg
 
         if is_dicom_seg(path):
-            return read_dicom_seg(path)
-        return read_dicom_series(path, series_uid=series_uid)
+            return dicom_seg_data(path)
+        return read_series_data(path, series_uid=series_uid)
     if fmt == "nifti":
         return _read_nifti(path)
     if fmt in ("nrrd", "mha", "mhd"):
@@ -156,7 +173,7 @@ def _describe_read_failure(exc: BaseException, path: Path) -> str:
     return text[:300]
 
 
-def _read_nifti(path: Path) -> MetaTensor:
+def _read_nifti(path: Path) -> ImageData:
     import nibabel as nib
 
     try:
@@ -193,7 +210,7 @@ def _read_nifti(path: Path) -> MetaTensor:
     else:
         raise ImageReadError(f"{data.ndim}D NIfTI data of shape {data.shape} is not supported", path)
     meta = {"filename_or_obj": str(path), "format": "nifti"}
-    return make_image(data, img.affine, meta)
+    return image_data(data, img.affine, meta)
 
 
 @contextlib.contextmanager
@@ -237,7 +254,7 @@ def _itk_to_ras_affine(image: Any) -> np.ndarray:
     return LPS_TO_RAS @ affine
 
 
-def _read_itk(path: Path, fmt: str) -> MetaTensor:
+def _read_itk(path: Path, fmt: str) -> ImageData:
     import SimpleITK as sitk
 
     try:
@@ -254,10 +271,10 @@ def _read_itk(path: Path, fmt: str) -> MetaTensor:
     array = np.moveaxis(array, -1, 0) if ncomp > 1 else array[None]  # (c, z, y, x)
     array = np.moveaxis(array, range(1, dim + 1), range(dim, 0, -1))  # (c, x, y, z), a view
     meta = {"filename_or_obj": str(path), "format": fmt}
-    return make_image(array, _itk_to_ras_affine(image), meta)
+    return image_data(array, _itk_to_ras_affine(image), meta)
 
 
-def _read_picture(path: Path) -> MetaTensor:
+def _read_picture(path: Path) -> ImageData:
     """A 2D picture as one slice: ``(C, X, Y, 1)``, colour components as channels, z spacing 1 mm.
 
     Pixel spacing and origin are the file's (1 and 0 unless it records them); as for NRRD, the picture's LPS-style
@@ -281,7 +298,7 @@ def _read_picture(path: Path) -> MetaTensor:
     direction[:2, :2] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(2, 2)
     affine = LPS_TO_RAS @ affine_from_geometry((*image.GetSpacing(), 1.0), (*image.GetOrigin(), 0.0), direction)
     meta = {"filename_or_obj": str(path), "format": "picture"}
-    return make_image(array, affine, meta)
+    return image_data(array, affine, meta)
 
 
 def _itk_message(exc: BaseException) -> str:
@@ -294,6 +311,8 @@ def _itk_message(exc: BaseException) -> str:
 
 def check_finite(image: torch.Tensor, path: str | Path | None = None) -> None:
     """Raise :class:`ImageContentError` when ``image`` holds NaN or infinite values (their count is reported)."""
+    import torch
+
     if image.is_floating_point():
         bad = int((~torch.isfinite(image)).sum())
         if bad:
@@ -330,14 +349,15 @@ def _narrowed(array: np.ndarray, original_dtype: str | None) -> np.ndarray:
 
 
 def save_image(
-    image: torch.Tensor | np.ndarray, path: str | Path, *, affine: np.ndarray | None = None
+    image: torch.Tensor | ImageData | np.ndarray, path: str | Path, *, affine: np.ndarray | None = None
 ) -> Path:
     """Write a channel-first image to NIfTI, NRRD or MetaImage, chosen by the ending of ``path``.
 
     The file is written atomically (to a temporary name, then renamed), so a crash never leaves a half-written image.
 
     Args:
-        image: ``(C, *spatial)`` ``MetaTensor`` (its ``affine`` is used) or array. ``C > 1`` is written as the 4th
+        image: ``(C, *spatial)`` ``MetaTensor`` or :class:`~medseg.io.meta.ImageData` (its ``affine`` is used) or
+            array. ``C > 1`` is written as the 4th
             NIfTI axis or as vector components.
         path: Output file; its ending picks the format: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``,
             or a picture (``.png``, ``.tif``, ``.tiff``) for one slice ``(C, X, Y, 1)`` of integers (PNG: 8 or 16
@@ -360,7 +380,10 @@ def save_image(
             raise ImageWriteError("no affine: pass affine= for a plain array", path)
         affine = np.asarray(meta["affine"], dtype=np.float64)
     affine = np.asarray(affine, dtype=np.float64)
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if isinstance(image, ImageData):
+        array = image.array
+    else:
+        array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     if array.ndim not in (3, 4):
         problem = f"expected a channel-first array (C, *spatial) with 2 or 3 spatial axes, got {array.shape}"
         raise ImageWriteError(problem, path)

@@ -1,31 +1,58 @@
-"""Wrapping arrays into medseg's images: the ``MetaTensor`` with its geometry keys, and DICOM/NIfTI rescaling.
+"""medseg's images: voxels with their geometry keys, the ``MetaTensor`` built from them, DICOM/NIfTI rescaling.
 
 A leaf of :mod:`medseg.io`: every reader (NIfTI, ITK, pictures, DICOM series, DICOM SEG) builds its result here, so
-no reader imports another.
+no reader imports another. Readers produce :class:`ImageData` — numpy only, so a command that merely converts or
+inspects files never imports torch or MONAI — and :func:`make_image` wraps it into the channel-first ``MetaTensor``
+the rest of medseg computes with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.utils import SpaceKeys
 
 from medseg.io.geometry import geometry_from_affine
 
-__all__ = ["WIDEN", "apply_rescale", "make_image"]
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
+
+__all__ = ["WIDEN", "ImageData", "apply_rescale", "image_data", "make_image"]
 
 #: dtypes torch cannot compute with, widened losslessly on load (and narrowed back on save).
 WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.bool_): np.uint8}
 
 
-def make_image(
+@dataclass
+class ImageData:
+    """A channel-first array ``(C, *spatial)`` in its stored dtype and its meta keys, the affine among them.
+
+    Attributes:
+        array: The voxels as stored (no widening).
+        meta: ``affine`` (4×4 RAS+ mm), ``original_affine``, ``spacing``, ``origin``, ``direction``,
+            ``spatial_shape``, ``original_dtype`` and what the reader adds (source file, format, DICOM identifiers).
+    """
+
+    array: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(C, *spatial)``."""
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The 4×4 voxel-to-world affine (RAS+ mm)."""
+        return self.meta["affine"]
+
+
+def image_data(
     array: np.ndarray, affine: np.ndarray, meta: Mapping[str, Any] | None = None, *, original_dtype: Any = None
-) -> MetaTensor:
-    """Wrap a channel-first array ``(C, *spatial)`` and its RAS affine into a ``MetaTensor`` with medseg's meta keys.
+) -> ImageData:
+    """Pair a channel-first array ``(C, *spatial)`` with its RAS affine and medseg's geometry keys.
 
     Args:
         array: Voxel values, channel first.
@@ -35,27 +62,56 @@ def make_image(
     """
     array = np.asarray(array)
     original = np.dtype(original_dtype if original_dtype is not None else array.dtype)
-    widened = WIDEN.get(array.dtype)
-    if widened is not None:
-        array = array.astype(widened)
     affine = np.asarray(affine, dtype=np.float64)
     geometry = geometry_from_affine(affine, array.shape[1:])
     full_meta: dict[str, Any] = dict(meta or {})
     full_meta.update(
         {
+            "affine": affine.copy(),
             "original_affine": affine.copy(),
             "spacing": geometry.spacing,
             "origin": geometry.origin,
             "direction": geometry.direction,
             "spatial_shape": tuple(int(s) for s in array.shape[1:]),
             "original_dtype": original.str,
-            "space": SpaceKeys.RAS,
         }
     )
-    if not array.flags.writeable:
-        array = array.copy()
-    tensor = torch.from_numpy(array)  # keeps the memory order (NIfTI and DICOM stacks are x-fastest)
-    return MetaTensor(tensor, affine=torch.as_tensor(affine, dtype=torch.float64), meta=full_meta)
+    return ImageData(array, full_meta)
+
+
+def make_image(
+    array: np.ndarray | ImageData, affine: np.ndarray | None = None, meta: Mapping[str, Any] | None = None, *,
+    original_dtype: Any = None,
+) -> MetaTensor:
+    """Wrap an :class:`ImageData` (or an array and its RAS affine) into a ``MetaTensor`` with medseg's meta keys.
+
+    dtypes torch cannot compute with (``uint16``, ``uint32``, ``bool``) are widened losslessly (:data:`WIDEN`);
+    ``meta["original_dtype"]`` keeps the stored one, so :func:`medseg.io.save_image` narrows them back.
+
+    Args:
+        array: An :class:`ImageData`, or voxel values, channel first.
+        affine: 4×4 voxel-to-world affine, RAS+ mm (for an array).
+        meta: Extra metadata (for an array).
+        original_dtype: dtype on disk, when it differs from ``array.dtype`` (for an array).
+    """
+    import torch
+    from monai.data import MetaTensor
+    from monai.utils import SpaceKeys
+
+    if not isinstance(array, ImageData):
+        if affine is None:
+            raise ValueError("make_image needs the affine of a plain array")
+        array = image_data(array, affine, meta, original_dtype=original_dtype)
+    values = array.array
+    widened = WIDEN.get(values.dtype)
+    if widened is not None:
+        values = values.astype(widened)
+    elif not values.flags.writeable:
+        values = values.copy()
+    full_meta = {k: v for k, v in array.meta.items() if k != "affine"}
+    full_meta["space"] = SpaceKeys.RAS
+    tensor = torch.from_numpy(values)  # keeps the memory order (NIfTI and DICOM stacks are x-fastest)
+    return MetaTensor(tensor, affine=torch.as_tensor(array.affine, dtype=torch.float64), meta=full_meta)
 
 
 def apply_rescale(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:

@@ -37,6 +37,13 @@ DICOM_SUFFIX = ".dcm"
 #: Label maps and DICOM Segmentations: what ``medseg evaluate`` and ``medseg volumes`` read from a folder.
 SEGMENTATION_SUFFIXES = (*LABEL_SUFFIXES, DICOM_SUFFIX)
 
+#: Sub-folders of a prediction folder for what ``medseg predict --samples`` adds beside the label maps: uncertainty
+#: maps (``uncertainty/CASE_entropy.nii.gz``, …) and each draw's label map (``samples/CASE.nii.gz``, one channel per
+#: draw, which ``medseg evaluate --metrics ged`` reads). They are not label maps of the cases, so commands that read a
+#: folder's label maps (``evaluate``, ``volumes``) do not meet them.
+UNCERTAINTY_FOLDER = "uncertainty"
+SAMPLES_FOLDER = "samples"
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

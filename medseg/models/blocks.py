@@ -627,3 +627,95 @@ class PaddedAvgPool(nn.Module):
 
 
 __all__ += ["PaddedAvgPool"]
+
+
+# --- Planned topologies and CBAM attention (laddernet, fd_unet, csa_unet, sclerasegnet, recurrent_unet, ...) -------
+
+__all__ += ["CBAM", "CBAMChannelGate", "CBAMSpatialGate"]
+
+
+class CBAMChannelGate(nn.Module):
+    """CBAM's channel attention: average- and max-pooled descriptors through one shared MLP, summed, sigmoid.
+
+    Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018 (arXiv:1807.06521), Eq. 2: ``M_c =
+    sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F)))`` with a hidden layer of ``C / reduction`` units (ReLU). Shapes:
+    ``(B, C, *spatial)`` to the same (``x * M_c``).
+
+    Args:
+        channels: C.
+        reduction: Reduction ratio r of the MLP (paper: 16; at least one hidden unit is kept).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel attention ``M_c`` of ``x``, shape ``(B, C, 1, ...)``."""
+        flat = x.flatten(2)
+        logits = self.mlp(flat.mean(-1)) + self.mlp(flat.amax(-1))
+        return torch.sigmoid(logits).view(*x.shape[:2], *([1] * (x.dim() - 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rescale the channels of ``x``."""
+        return x * self.weights(x)
+
+
+class CBAMSpatialGate(nn.Module):
+    """CBAM's spatial attention: channel-wise mean and max maps, a ``k``-wide convolution (+ BN), sigmoid.
+
+    Woo et al. (ECCV 2018), Eq. 3: ``M_s = sigmoid(f^{7x7}([AvgPool(F); MaxPool(F)]))``; as in the authors' code the
+    convolution has no bias and is followed by batch norm. Shapes: ``(B, C, *spatial)`` to the same
+    (``x * M_s``).
+
+    Args:
+        spatial_dims: 2 or 3.
+        kernel_size: Kernel of the convolution (paper: 7).
+        norm: Normalisation after the convolution (authors' code: batch norm).
+    """
+
+    def __init__(self, spatial_dims: int, kernel_size: int = 7, norm: NormSpec = "batch") -> None:
+        super().__init__()
+        self.conv = ConvNormAct(spatial_dims, 2, 1, kernel_size, bias=False, norm=norm, act=None)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial attention ``M_s`` of ``x``, shape ``(B, 1, *spatial)``."""
+        pooled = torch.cat((x.amax(1, keepdim=True), x.mean(1, keepdim=True)), dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rescale every position of ``x``."""
+        return x * self.weights(x)
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018): channel attention, then spatial attention.
+
+    ``F' = M_c(F) * F``, ``F'' = M_s(F') * F'`` (the paper's sequential channel-first arrangement, Section 3).
+    Shapes: ``(B, C, *spatial)`` to the same.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: C.
+        reduction: Channel MLP reduction ratio (paper: 16).
+        kernel_size: Spatial attention kernel (paper: 7).
+        channel: Use the channel gate.
+        spatial: Use the spatial gate.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, reduction: int = 16, kernel_size: int = 7,
+                 channel: bool = True, spatial: bool = True) -> None:
+        super().__init__()
+        if not (channel or spatial):
+            raise ModelError("CBAM needs the channel gate, the spatial gate or both")
+        self.channel = CBAMChannelGate(channels, reduction) if channel else None
+        self.spatial = CBAMSpatialGate(spatial_dims, kernel_size) if spatial else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Refine ``x`` by channel then spatial attention."""
+        if self.channel is not None:
+            x = self.channel(x)
+        if self.spatial is not None:
+            x = self.spatial(x)
+        return x

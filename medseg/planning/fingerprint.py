@@ -31,13 +31,9 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import PlanningError
+from medseg.planning.presets import DEFAULT_MAX_SAMPLES, DEFAULT_SEED
 from medseg.planning.schema import FINGERPRINT_VERSION, INTENSITY_KEYS
 from medseg.utils.files import state_digest
-
-#: Foreground voxels sampled over the whole dataset for the intensity statistics.
-DEFAULT_MAX_SAMPLES = 10_000_000
-#: Seed of the intensity sampling (nnU-Net uses 1234).
-DEFAULT_SEED = 1234
 
 #: Called after each case with (cases done, cases in total, id of the case just analysed).
 ProgressCallback = Callable[[int, int, str], None]

@@ -12,12 +12,18 @@ in ``documentation/resenc_presets.md``. They plan the same way as the default pl
   two exceeds it), and the batch size is not capped at 5% of the dataset's voxels;
 - ``2d`` and ``3d_fullres`` reuse the default planner's preprocessed data (same data identifier).
 
-This module holds only constants, so the plans schema can import it without the planner.
+This module holds only constants (also the fingerprint's sampling defaults), so the plans schema and the command
+line's option defaults can import it without the planner or numpy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: Foreground voxels sampled over the whole dataset for the fingerprint's intensity statistics.
+DEFAULT_MAX_SAMPLES = 10_000_000
+#: Seed of the intensity sampling (nnU-Net uses 1234).
+DEFAULT_SEED = 1234
 
 __all__ = [
     "DEFAULT_PLANS_IDENTIFIER",

@@ -11,6 +11,12 @@
 - ``focal_tversky``: Abraham and Khan 2019: ``mean_c (1 - TI_c)^(3/4)`` with Tversky index
   ``TI = (tp + s) / (tp + 0.7·fn + 0.3·fp + s)`` over the foreground classes.
 
+A model may declare the objective it trains with instead (:func:`model_objective`): a method
+``training_loss(output, target)``. The trainer then passes the label into the forward pass
+(``model(data, target=target)``) and minimises that method's value; the ``loss`` setting and deep supervision do
+not apply. The probabilistic U-Nets (``medseg/models/probabilistic``) train so: their posterior networks need the
+label, and their objectives (the ELBO, GECO) include KL terms no loss of the table above has.
+
 Deep supervision (nnU-Net's ``_build_loss``): outputs highest resolution first get weights ``1/2^i``; the lowest
 resolution gets 0; the weights are normalised to sum to 1. A model whose paper weights its extra outputs otherwise
 declares them (``loss_weights``: PSPNet, PSANet, CCNet, CPNet and OCRNet weight their auxiliary head 0.4, DANet
@@ -20,7 +26,8 @@ nearest neighbour (nnU-Net's ``DownsampleSegForDSTransform``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +171,16 @@ def build_loss(name: str, batch_dice: bool) -> nn.Module:
     if name == "focal_tversky":
         return FocalTverskyLoss(batch=batch_dice)
     raise ValueError(f"unknown loss {name!r} (choose from {', '.join(LOSSES)})")
+
+
+def model_objective(model: nn.Module) -> Callable[[Any, torch.Tensor], torch.Tensor] | None:
+    """The objective ``model`` declares (its ``training_loss(output, target)`` method), or ``None``.
+
+    A model with one is called as ``model(data, target=target)`` in training, and ``training_loss`` turns that output
+    and the ``(B, 1, *spatial)`` labels into the scalar to minimise.
+    """
+    objective = getattr(model, "training_loss", None)
+    return objective if callable(objective) else None
 
 
 def deep_supervision_weights(n_outputs: int) -> list[float]:

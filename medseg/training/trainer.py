@@ -45,7 +45,7 @@ from medseg.training.distributed import (
     launcher_info,
     shutdown,
 )
-from medseg.training.loss import DeepSupervisionLoss, build_loss
+from medseg.training.loss import DeepSupervisionLoss, build_loss, model_objective
 from medseg.training.progress import Progress, plot_progress
 from medseg.utils.devices import resolve_device
 from medseg.utils.files import atomic_json, atomic_text, read_json, remove_stale_temporaries
@@ -207,6 +207,8 @@ class FoldTrainer:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice),
                                         getattr(self.model, "loss_weights", ()))
+        #: The model's own objective (``training_loss``), which replaces ``self.loss`` and takes the label as input.
+        self.objective = model_objective(self.model)
         self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda" and config.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -343,8 +345,10 @@ class FoldTrainer:
         target = batch["target"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            output = self.network(data)
-            loss = self.loss(output, target)
+            if self.objective is not None:
+                loss = self.objective(self.network(data, target=target), target)
+            else:
+                loss = self.loss(self.network(data), target)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -355,14 +359,22 @@ class FoldTrainer:
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
-        """Loss and ``[tp, fp, fn]`` per foreground class of one validation batch (full-resolution output)."""
+        """Loss and ``[tp, fp, fn]`` per foreground class of one validation batch (full-resolution output).
+
+        A model with its own objective is scored with it on the label-conditioned pass, and its Dice counts come
+        from the pass without the label (what prediction sees).
+        """
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
         with self._autocast():
-            output = self.network(data)
-            if isinstance(output, (list, tuple)):
-                output = output[0]
-            loss = self.loss(output, target)
+            if self.objective is not None:
+                loss = self.objective(self.network(data, target=target), target)
+                output = self.network(data)
+            else:
+                output = self.network(data)
+                if isinstance(output, (list, tuple)):
+                    output = output[0]
+                loss = self.loss(output, target)
         prediction = output.argmax(1, keepdim=True)
         return float(loss), tp_fp_fn(prediction, target, self.num_classes).cpu()
 
@@ -390,6 +402,10 @@ class FoldTrainer:
         with progress:
             if self.start_epoch:
                 progress.message(f"resuming fold {self.spec.fold} at epoch {self.start_epoch + 1}")
+            if self.objective is not None:
+                name = self.config.model or self.cfg.model.name
+                progress.message(f"model {name} trains with its own objective (its training_loss, with the label as "
+                                 f"input); the loss setting {c.loss!r} and deep supervision do not apply")
             for epoch in range(self.start_epoch, c.epochs):
                 record = self._epoch(epoch, train_loader, train_sampler, val_loader, val_sampler, progress)
                 progress.end_epoch(record)

@@ -24,6 +24,8 @@ from typing import Any, BinaryIO, ClassVar
 from medseg.errors import MedsegError, OutputError
 
 __all__ = [
+    "LOCK_NAME",
+    "FolderLock",
     "atomic_json",
     "atomic_text",
     "atomic_write",
@@ -32,6 +34,7 @@ __all__ = [
     "is_disk_full",
     "nesting_depth",
     "os_problem",
+    "part_lock_name",
     "read_json",
     "remove_stale_temporaries",
     "state_digest",
@@ -95,6 +98,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
             the message names ``path``.
     """
     path = Path(path)
+    tmp = _stage(path, write)
+    _commit([(tmp, path)])
+    return path
+
+
+def _stage(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write the temporary file of ``path`` (``.NAME.tmpPID`` beside it) and fsync it; return its path.
+
+    Raises:
+        OutputError: Naming ``path`` (or its folder), never the temporary file; the temporary file is removed.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -105,15 +119,33 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except (OSError, MemoryError) as exc:
         _remove(tmp)
         raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_folder(path.parent)
-    return path
+    return tmp
+
+
+def _commit(staged: list[tuple[Path, Path]]) -> None:
+    """Rename each staged temporary file over its target, then make the renames durable.
+
+    Raises:
+        OutputError: A rename failed (the temporaries not yet renamed are removed).
+    """
+    try:
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+    except BaseException:
+        for tmp, _ in staged:
+            _remove(tmp)
+        raise
+    for folder in {path.parent for _, path in staged}:
+        _fsync_folder(folder)
 
 
 def _remove(path: Path) -> None:
@@ -181,32 +213,14 @@ def atomic_write_many(contents: Mapping[str | os.PathLike[str], str | bytes]) ->
     staged: list[tuple[Path, Path]] = []
     try:
         for target, data in contents.items():
-            path = Path(target)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(f"cannot create the output folder: {os_problem(exc)}", path.parent) from exc
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            staged.append((tmp, path))
             payload = data.encode("utf-8") if isinstance(data, str) else data
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(payload)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except (OSError, MemoryError) as exc:
-                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
-        for tmp, path in staged:
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise OutputError(f"cannot write: {os_problem(exc)}", path) from exc
+            path = Path(target)
+            staged.append((_stage(path, lambda h, b=payload: h.write(b)), path))
     except BaseException:
         for tmp, _ in staged:
             _remove(tmp)
         raise
-    for folder in {path.parent for _, path in staged}:
-        _fsync_folder(folder)
+    _commit(staged)
     return [path for _, path in staged]
 
 
@@ -303,79 +317,134 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file",
 LOCK_NAME = ".medseg.lock"
 
 
+def part_lock_name(part: int, parts: int) -> str:
+    """The lock file of part ``part`` (0-based) of ``parts`` of a sharded batch."""
+    return f".medseg.part-{part}-of-{parts}.lock"
+
+
 class FolderLock:
-    """An exclusive lock on an output folder, so that two runs never write one folder at once.
+    """A lock on an output folder, so that two runs never write one folder at once.
 
     The lock is an OS advisory lock (``flock``) on ``FOLDER/.medseg.lock``, which also records who holds it (process
     id, host, command, start time). The operating system releases it when the holder exits, even when killed, so a
     stale lock file never blocks a later run. Use as a context manager; taking a lock this process already holds
     (a command that locks its output folder and then calls a function that locks it again) is a no-op.
 
+    A batch sharded over processes (``torchrun`` ranks, or jobs given ``--num-parts``/``--part-id``) is one run:
+    each part takes ``.medseg.lock`` *shared* and its own ``.medseg.part-I-of-K.lock`` exclusively, so the parts
+    work side by side while a second run of the same part, or an unsharded run, is refused.
+
     Args:
         folder: The folder to lock (created when missing).
         what: The command that takes it (for the message a second run gets), e.g. ``"medseg predict"``.
         wait: Wait for the holder to finish instead of refusing at once.
+        part: ``(I, K)``: part I (0-based) of a batch sharded into K parts; ``None``: the whole batch.
 
     Raises:
-        OutputError: The folder is locked by another process (``wait=False``) or cannot be created.
+        OutputError: The folder is locked by another run (``wait=False``) or cannot be created; the message names
+            the folder and the holder.
     """
 
-    #: Folders this process holds (real path → nesting depth): taking a held lock again is a no-op.
-    _held: ClassVar[dict[str, int]] = {}
+    #: Locks this process holds (real path and part → nesting depth): taking a held lock again is a no-op.
+    _held: ClassVar[dict[tuple[str, tuple[int, int] | None], int]] = {}
 
-    def __init__(self, folder: str | os.PathLike[str], what: str, wait: bool = False) -> None:
+    def __init__(self, folder: str | os.PathLike[str], what: str, wait: bool = False,
+                 part: tuple[int, int] | None = None) -> None:
         self.folder = Path(folder)
         self.what = what
         self.wait = wait
-        self._handle: Any = None
-        self._key = ""
+        self.part = part
+        self._handles: list[Any] = []
+        self._key: tuple[str, tuple[int, int] | None] | None = None
 
     def __enter__(self) -> FolderLock:
         try:
             import fcntl
         except ImportError:  # Windows: no flock; the lock is a no-op there
             return self
-        self._key = os.path.realpath(self.folder)
+        self._key = (os.path.realpath(self.folder), self.part)
         if self._key in FolderLock._held:
             FolderLock._held[self._key] += 1
             return self
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            handle = open(self.folder / LOCK_NAME, "a+")
         except OSError as exc:
             raise OutputError(f"cannot use the output folder: {os_problem(exc)}", self.folder) from exc
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except OSError:
-            handle.seek(0)
-            holder = " ".join(handle.read().split())[:200] or "another process"
-            handle.close()
-            raise OutputError(f"the output folder is in use by {holder}; wait for it to finish (or pass --wait)",
-                              self.folder) from None
-        import socket
-        import sys
-        import time
-
-        handle.seek(0)
-        handle.truncate()
-        command = " ".join(["medseg", *sys.argv[1:]])[:120] if sys.argv else self.what
-        handle.write(f"{self.what} (pid {os.getpid()} on {socket.gethostname()}, started "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command})\n")
-        handle.flush()
-        self._handle = handle
+            if self.part is None:
+                self._handles.append(self._take(LOCK_NAME, fcntl.LOCK_EX))
+            else:
+                self._handles.append(self._take(LOCK_NAME, fcntl.LOCK_SH))
+                self._handles.append(self._take(part_lock_name(*self.part), fcntl.LOCK_EX))
+        except BaseException:
+            self._release()
+            raise
         FolderLock._held[self._key] = 1
         return self
 
+    def _take(self, name: str, mode: int) -> Any:
+        import fcntl
+
+        try:
+            handle = open(self.folder / name, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        except OSError as exc:
+            raise OutputError(f"cannot use the output folder: {os_problem(exc)}", self.folder) from exc
+        try:
+            fcntl.flock(handle, mode | (0 if self.wait else fcntl.LOCK_NB))
+        except OSError:
+            handle.close()
+            raise OutputError(f"the output folder is in use by {self._holders(name)}; wait for it to finish (or pass "
+                              "--wait)", self.folder) from None
+        if mode == fcntl.LOCK_EX:
+            import socket
+            import sys
+            import time
+
+            handle.seek(0)
+            handle.truncate()
+            command = " ".join(["medseg", *sys.argv[1:]])[:120] if sys.argv else self.what
+            part = "" if self.part is None else f" part {self.part[0]}/{self.part[1]}"
+            handle.write(f"{self.what}{part} (pid {os.getpid()} on {socket.gethostname()}, started "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command})\n")
+            handle.flush()
+        return handle
+
+    def _holders(self, name: str) -> str:
+        """Who holds ``name``: its recorded holder, or (for the shared folder lock) the parts that hold theirs."""
+        import fcntl
+
+        files = [self.folder / name] if name != LOCK_NAME else [self.folder / name,
+                                                                 *sorted(self.folder.glob(".medseg.part-*.lock"))]
+        found = []
+        for path in files:
+            with contextlib.suppress(OSError), open(path, "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    held = path.name == name and name != LOCK_NAME
+                except OSError:
+                    held = True
+                if held:
+                    handle.seek(0)
+                    text = " ".join(handle.read().split())[:200]
+                    if text:
+                        found.append(text)
+        return "; ".join(found[:4]) or "another process"
+
+    def _release(self) -> None:
+        import fcntl
+
+        for handle in reversed(self._handles):
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        self._handles = []
+
     def __exit__(self, *exc: object) -> None:
-        if not self._key or self._key not in FolderLock._held:
+        if self._key is None or self._key not in FolderLock._held:
             return
         FolderLock._held[self._key] -= 1
         if FolderLock._held[self._key] > 0:
             return
         del FolderLock._held[self._key]
-        if self._handle is not None:
-            import fcntl
-
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        self._release()

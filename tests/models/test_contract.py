@@ -47,7 +47,13 @@ def test_forward_shape_gradients_and_modes(name: str, dims: int) -> None:
     assert isinstance(out, torch.Tensor)
     assert out.shape == (BATCH, OUT_CHANNELS, *x.shape[2:])
     assert torch.isfinite(out).all()
-    out.float().square().mean().backward()
+    if hasattr(model, "training_loss"):  # trained with its own objective and the label (probabilistic U-Nets)
+        target = torch.randint(0, OUT_CHANNELS, (BATCH, 1, *x.shape[2:]))
+        loss = model.training_loss(model(x, target=target), target)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+    else:
+        loss = out.float().square().mean()
+    loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None)]
     assert not missing, f"no gradient reaches: {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

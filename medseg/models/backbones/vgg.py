@@ -138,3 +138,19 @@ register_backbone(BackboneInfo(
     source="torchvision torchvision/models/vgg.py, VGG16_BN_Weights.IMAGENET1K_V1 meta num_params",
     key_maps={"torchvision": _map_torchvision, "timm": _map_torchvision}, test_kwargs={"width": 0.125},
 ))
+
+#: VGG-11 (Simonyan & Zisserman, Table 1 configuration A): 64 | 128 | 256 x 2 | 512 x 2 | 512 x 2.
+VGG11_CONFIG: tuple[tuple[int, ...], ...] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
+
+
+def _build_vgg11_bn(spatial_dims: int, in_channels: int, *, output_stride: int = 32, **kwargs: object) -> VGGBackbone:
+    return VGGBackbone(spatial_dims, in_channels, config=VGG11_CONFIG, batch_norm=True, output_stride=output_stride,
+                       **kwargs)  # type: ignore[arg-type]
+
+
+register_backbone(BackboneInfo(
+    name="vgg11_bn", family="vgg", builder=_build_vgg11_bn, spatial_dims=(2, 3), paper=_PAPER,
+    paper_params=132_868_840,
+    source="torchvision torchvision/models/vgg.py, VGG11_BN_Weights.IMAGENET1K_V1 meta num_params",
+    key_maps={"torchvision": _map_torchvision, "timm": _map_torchvision}, test_kwargs={"width": 0.125},
+))

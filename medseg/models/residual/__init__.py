@@ -1,0 +1,1 @@
+"""Residual U-Nets: ResUNet-a (atrous residual units, PSP pooling, multitask heads)."""
