@@ -54,3 +54,34 @@ def test_hprob_unet_trains_with_geco(tmp_path: Path, mni_dataset: dict[str, Any]
     state = torch.load(fold / "checkpoint_final.pt", weights_only=True)["model"]
     assert int(state["geco_steps"]) == 4  # one GECO update per training step, none in validation
     assert float(state["geco_lambda"]) != 1.0
+
+
+def test_gp_unet_trains_from_image_level_labels_and_localises(tmp_path: Path, mni_dataset: dict[str, Any],
+                                                              tiny_settings: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """GP-Unet through ``medseg train`` on the white-matter fraction of each patch alone (no voxel labels reach the
+    loss): the pooled map learns the fraction, and the map itself then marks where the white matter is."""
+    import numpy as np
+
+    from medseg.models import create_model
+
+    sets = [item for s in tiny_settings if not s.startswith("model_kwargs") for item in ("--set", s)]
+    out = tmp_path / "run"
+    code = main(["train", str(mni_dataset["plans"]), "--config", "3d_fullres", "--fold", "0", "--out", str(out),
+                 "--model", "gp_unet", "--epochs", "6", "--iters-per-epoch", "10", "--manifest",
+                 str(mni_dataset["manifest"]), *sets, "--set",
+                 "model_kwargs={features: [8, 16], weak_target: fraction}", "--set", "optimizer=adamw", "--set",
+                 "lr=0.003", "--set", "preprocess_workers=1", "--set", f"cache_dir={tmp_path / 'cache'}"])
+    text = "".join(capsys.readouterr())
+    assert code == 0, text
+    records = [json.loads(line) for line in (out / "fold_0" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train_loss"] < 0.5 * records[0]["train_loss"], records
+    model = create_model("gp_unet", 3, 1, 2, features=(8, 16), weak_target="fraction")
+    model.load_state_dict(torch.load(out / "fold_0" / "checkpoint_final.pt", weights_only=True)["model"])
+    model.eval()
+    image = torch.as_tensor(np.asarray(mni_dataset["image"], np.float32))[None, None]
+    image = (image - image.mean()) / image.std()
+    with torch.no_grad():
+        wm_map = model(image)[0, 1].numpy()
+    label = np.asarray(mni_dataset["label"]) > 0
+    assert wm_map[label].mean() > wm_map[~label].mean()  # the map localises what the fraction counted

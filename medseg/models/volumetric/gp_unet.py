@@ -32,6 +32,14 @@ parameter figure is recorded (``params=None``). Our count at the default configu
 map) is 1,411,585.
 
 2D works the same way (the 2020 paper uses 2D and 3D variants). Each spatial size must be a multiple of 4.
+
+Training from weak labels through ``medseg train``: with ``weak_target`` set, the model declares its own objective
+(``training_loss``, which the trainer uses in place of the segmentation loss) — the mean squared error between the
+globally pooled output of each foreground class and an image-level target of the training patch: its number of
+connected components (``"count"``, the paper's lesion count; pair it with ``pooling="sum"``), whether the class is
+present (``"presence"``; with ``pooling="max"``) or the fraction of its voxels (``"fraction"``; with the default mean
+pooling). The image-level targets are computed from the dataset's label maps patch by patch, so the voxel labels
+are never seen by the network, only their counts; prediction then writes the localisation map per class.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ __all__ = ["GPUNet"]
 
 RELU = ("relu", {"inplace": True})
 POOLINGS = ("mean", "sum", "max")
+WEAK_TARGETS = ("none", "count", "presence", "fraction")
 
 
 @register_model(
@@ -85,6 +94,8 @@ class GPUNet(SegmentationModel):
         features: Filters per level, highest resolution first (default 32, 64, 128: two poolings).
         pooling: Global pooling from the map to the image-level output: ``"mean"`` (default), ``"sum"`` or ``"max"``.
         norm: Normalisation after each convolution (default none).
+        weak_target: ``"none"`` (train as a segmentation network), or the image-level label of each foreground class
+            it is trained on (see the module docstring): ``"count"``, ``"presence"`` or ``"fraction"``.
     """
 
     def __init__(
@@ -96,8 +107,14 @@ class GPUNet(SegmentationModel):
         features: Sequence[int] = (32, 64, 128),
         pooling: str = "mean",
         norm: NormSpec = None,
+        weak_target: str = "none",
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
+        if weak_target not in WEAK_TARGETS:
+            raise ModelError(f"{self.model_name}: weak_target must be one of {WEAK_TARGETS}, got {weak_target!r}")
+        self.weak_target = weak_target
+        if weak_target != "none":  # the trainer then trains with this objective (medseg.training.loss)
+            self.training_loss = self.weak_loss
         features = tuple(int(f) for f in features)
         if len(features) < 2 or min(features) < 1:
             raise ModelError(f"{self.model_name}: features needs at least two positive widths, got {features}")
@@ -118,8 +135,12 @@ class GPUNet(SegmentationModel):
         self.head = make_conv(spatial_dims, channels, out_channels, 1)
         self.input_divisor = (2 ** (len(features) - 1),) * spatial_dims
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The localisation / regression map ``(B, out_channels, *spatial)`` of ``x`` (before global pooling)."""
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """The localisation / regression map ``(B, out_channels, *spatial)`` of ``x`` (before global pooling).
+
+        ``target`` (the trainer passes the labels to models with their own objective) is not used: the network sees
+        the image only.
+        """
         self.check_input(x)
         skips = []
         for i, stage in enumerate(self.encoder):
@@ -141,3 +162,33 @@ class GPUNet(SegmentationModel):
     def count(self, x: torch.Tensor) -> torch.Tensor:
         """The image-level output the network is trained on (e.g. the lesion count): ``(B, out_channels)``."""
         return self.global_pool(self(x))
+
+    def image_level_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Per item and foreground class of a label batch ``(B, 1, *spatial)``: the ``weak_target`` value ``(B, C-1)``.
+
+        Counts are connected components (face-connected, as lesions are counted); label values below 0 (outside the
+        cropped image) count as background.
+        """
+        from scipy import ndimage
+
+        classes = range(1, self.out_channels)
+        values = labels[:, 0].detach().cpu().numpy()
+        out = torch.zeros(values.shape[0], len(classes), dtype=torch.float32)
+        for b, item in enumerate(values):
+            for j, c in enumerate(classes):
+                mask = item == c
+                if self.weak_target == "count":
+                    out[b, j] = float(ndimage.label(mask)[1])
+                elif self.weak_target == "presence":
+                    out[b, j] = float(mask.any())
+                else:
+                    out[b, j] = float(mask.mean())
+        return out.to(labels.device)
+
+    def weak_loss(self, maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The weak-label objective: MSE between the pooled foreground maps and their image-level targets."""
+        if self.out_channels < 2:
+            raise ModelError(f"{self.model_name}: weak training needs a background channel and at least one class "
+                             f"(out_channels >= 2), got {self.out_channels}")
+        predicted = self.global_pool(maps[:, 1:].float())
+        return torch.nn.functional.mse_loss(predicted, self.image_level_targets(labels))
