@@ -86,7 +86,9 @@ def register(app: typer.Typer) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom|pynetdicom)\b")
 
         def log(line: str) -> None:
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
+            now = time.time()  # milliseconds: benchmarks/node_benchmark.py times the stages from these lines
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            print(f"{stamp}.{int(now % 1 * 1000):03d} {line}", file=sys.stderr, flush=True)
 
         with FolderLock(out, "medseg listen"):
             loaded = load_folds(models, _folds(folds), checkpoint)

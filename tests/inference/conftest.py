@@ -73,22 +73,37 @@ def untrained_run(tmp_path_factory: pytest.TempPathFactory, transposed_plans: di
     return write_run_folder(tmp_path_factory.mktemp("run_untrained"), transposed_plans)
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, mni_data: dict[str, Any]) -> Path:
-    """A tiny nnU-Net really trained on the MNI crop (45 AdamW steps on 16³ patches: seconds on the CPU)."""
+def train_tiny_run(out: Path, mni_data: dict[str, Any] | None = None) -> Path:
+    """A tiny nnU-Net really trained on the MNI crop (45 AdamW steps on 16³ patches: seconds on the CPU).
+
+    Args:
+        out: An empty folder; the run goes to ``out/run``, the training log to ``out/train.log``.
+        mni_data: The MNI dataset (:func:`write_mni_dataset` of the training tests); written to ``out/mni`` if None.
+
+    Returns:
+        The run folder (what ``medseg predict -m`` and ``medseg listen -m`` take).
+    """
     from medseg.config import load_config
     from medseg.training import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("run_trained")
+    if mni_data is None:
+        mni_data = _training_helpers().write_mni_dataset(out / "mni")
     config = load_config(TrainConfig, None, [
         "epochs=3", "iterations_per_epoch=15", "val_iterations=1", "patch_size=[16, 16, 16]", "optimizer=adamw",
         "lr=0.01", "model_kwargs={features_per_stage: [4, 8, 16, 32]}", "num_workers=0", "device=cpu",
         "progress=plain", "final_validation=false", "augmentation.enabled=false", "preprocess_workers=1",
         "cache_dir=" + str(out / "cache"),
     ])
-    train(mni_data["plans"], "3d_fullres", [0], out / "run", config, manifest_path=mni_data["manifest"],
-          stream=open(out / "train.log", "w"))  # noqa: SIM115
+    with open(out / "train.log", "w") as stream:
+        train(mni_data["plans"], "3d_fullres", [0], out / "run", config, manifest_path=mni_data["manifest"],
+              stream=stream)
     return out / "run"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, mni_data: dict[str, Any]) -> Path:
+    """:func:`train_tiny_run` on the shared MNI dataset."""
+    return train_tiny_run(tmp_path_factory.mktemp("run_trained"), mni_data)
 
 
 @pytest.fixture(scope="session")
