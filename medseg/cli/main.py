@@ -47,7 +47,7 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, evaluate, info, models, planning, predict, run, train, volumes
+    from medseg.cli import convert, dataset, evaluate, info, interop, models, planning, predict, run, train, volumes
 
     info.register(app)
     models.register(app)
@@ -58,6 +58,7 @@ def _register_subcommands() -> None:
     train.register(app)
     run.register(app)
     predict.register(app)
+    interop.register(app)
     volumes.register(app)
 
 

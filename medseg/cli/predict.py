@@ -10,15 +10,36 @@ import typer
 PARTIAL_FAILURE_EXIT = 3
 
 
-def _folds(text: str | None) -> list[int] | None:
-    from medseg.errors import InferenceError
+def parse_folds(text: str | None, option: str = "--folds") -> list[int | str] | None:
+    """Folds from the command line: ``0``, ``0,2``, ``0-4`` (a range), ``all`` (the model trained on every case).
 
-    if text is None or text.strip().lower() in ("", "all"):
+    ``None`` or empty gives ``None`` (the default choice of the caller).
+    """
+    from medseg.errors import InferenceError, quote
+
+    if text is None or not text.strip():
         return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InferenceError(f"--folds must be comma-separated fold numbers or 'all', not {text!r}") from None
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if part.lower() == "all":
+                out.append("all")
+            elif "-" in part[1:]:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo or lo < 0:
+                    raise ValueError
+                out += list(range(lo, hi + 1))
+            else:
+                value = int(part)
+                if value < 0:
+                    raise ValueError
+                out.append(value)
+        except ValueError:
+            raise InferenceError(f"{option} takes fold numbers, ranges (0-4) or 'all', comma-separated, not "
+                                 f"{quote(text)}") from None
+    return list(dict.fromkeys(out)) or None
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -27,6 +48,28 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     if value not in allowed:
         raise InferenceError(f"{option} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+def load_models(models: list[Path], folds: list[int | str] | None, checkpoint: str) -> list:
+    """Fold models of every ``-m``: medseg run folders and nnU-Net v2 results folders alike."""
+    from medseg.inference import load_folds
+    from medseg.interop.nnunet import is_nnunet_folder, load_nnunet_folds
+
+    loaded = []
+    for model in models:
+        if is_nnunet_folder(model):
+            loaded += load_nnunet_folds(model, folds, checkpoint)
+        else:
+            loaded += load_folds([model], folds, checkpoint)
+    if len(loaded) > 1:
+        from medseg.errors import InferenceError
+        from medseg.inference.predictor import _preprocessing_key
+
+        for other in loaded[1:]:
+            if _preprocessing_key(other) != _preprocessing_key(loaded[0]):
+                raise InferenceError(f"{other.run_dir} was trained with other plans, configuration or patch than "
+                                     f"{loaded[0].run_dir}; an ensemble needs the same preprocessing", other.run_dir)
+    return loaded
 
 
 def register(app: typer.Typer) -> None:
@@ -38,9 +81,12 @@ def register(app: typer.Typer) -> None:
                                         help="Image file, folder of image files, manifest (.json) or DICOM tree."),
         out: Path = typer.Option(..., "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
         models: list[Path] = typer.Option(..., "--model", "-m",
-                                          help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K); repeat "
+                                          help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K), an nnU-Net "
+                                               "v2 results folder, or an inference plan of `medseg select`; repeat "
                                                "for an ensemble of runs."),
-        folds: str = typer.Option(None, "--folds", "-f", help="Comma-separated folds (default: every fold_K)."),
+        folds: str = typer.Option(None, "--folds", "-f",
+                                  help="Folds: 0,1 or 0-4 (cross-validation models) or all (the model trained on "
+                                       "every case); default: every numbered fold, else fold_all."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
         tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation (trained axes)."),
         step: float = typer.Option(0.5, "--step", min=0.05, max=1.0, help="Window step as a fraction of the patch."),
@@ -78,14 +124,14 @@ def register(app: typer.Typer) -> None:
             _choice(item, ("nifti", "nrrd", "png", "dicom-seg"), "--format")
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
-        fold_list = _folds(folds)
-        from medseg.inference import Predictor, discover_cases, load_folds, run_batch
+        fold_list = parse_folds(folds)
+        from medseg.inference import Predictor, discover_cases, run_batch
 
         cases, input_manifest = discover_cases(input_path)
         from medseg.utils.files import FolderLock
 
         with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
-            loaded = load_folds(models, fold_list, checkpoint)
+            loaded = load_models(models, fold_list, checkpoint)
             predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
                                   stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
             names = predictor.label_names

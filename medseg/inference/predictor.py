@@ -46,31 +46,40 @@ class FoldModel:
         mirror_axes: Axes training mirrored over (all spatial axes when mirroring augmentation was on, else none).
         model: The network with the checkpoint's weights, in eval mode on the CPU.
         checkpoint: The checkpoint file.
+        ensemble: How several folds combine: ``probabilities`` (medseg: mean softmax) or ``logits`` (nnU-Net's
+            ``nnUNetPredictor``: mean logits).
+        regions_class_order: For region-based models (one sigmoid output per region, nnU-Net's
+            ``regions_class_order``): the class each region writes, in order; ``None`` for softmax models.
     """
 
     run_dir: Path
-    fold: int
+    fold: int | str
     configuration: str
     plans: dict[str, Any]
     patch_size: list[int]
     mirror_axes: list[int]
     model: nn.Module
     checkpoint: Path
+    ensemble: str = "probabilities"
+    regions_class_order: list[int] | None = None
 
 
-def _fold_dirs(run_dir: Path, folds: Sequence[int] | None) -> list[Path]:
+def _fold_dirs(run_dir: Path, folds: Sequence[int | str] | None) -> list[Path]:
+    """The fold folders: the numbered ones (default; ``fold_all`` when there are none), or those of ``folds``."""
     if not run_dir.is_dir():
         raise InferenceError("no such run folder", run_dir)
     if (run_dir / "plans.json").is_file() and (run_dir / "config.yaml").is_file():
         return [run_dir]
-    found = sorted((p for p in run_dir.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()),
-                   key=lambda p: int(p.name[5:]))
-    if folds is not None:
-        wanted = {int(f) for f in folds}
-        missing = wanted - {int(p.name[5:]) for p in found}
+    present = {p.name[5:]: p for p in run_dir.glob("fold_*") if p.is_dir()}
+    numbered = sorted((k for k in present if k.isdigit()), key=int)
+    if folds is None:
+        keys = numbered or [k for k in ("all",) if k in present]
+    else:
+        keys = [str(f) for f in folds]
+        missing = [k for k in keys if k not in present]
         if missing:
-            raise InferenceError(f"no fold folder for fold(s) {sorted(missing)}", run_dir)
-        found = [p for p in found if int(p.name[5:]) in wanted]
+            raise InferenceError(f"no fold folder for fold(s) {', '.join(missing)}", run_dir)
+    found = [present[k] for k in keys]
     if not found:
         raise InferenceError("not a run folder of `medseg train` (no fold_K/ with plans.json and config.yaml)", run_dir)
     return found
@@ -116,7 +125,9 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
 
     model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
     model.eval()
-    return FoldModel(run_dir=fold_dir, fold=int(state.get("fold", -1)), configuration=configuration, plans=plans,
+    fold = state.get("fold", -1)
+    return FoldModel(run_dir=fold_dir, fold=fold if fold == "all" else int(fold), configuration=configuration,
+                     plans=plans,
                      patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path)
 
 
@@ -145,8 +156,8 @@ def _preprocessing_key(fold: FoldModel) -> str:
     preprocessing = {"spacing": cfg.spacing, "transpose_forward": cfg.transpose_forward,
                      "transpose_backward": cfg.transpose_backward, "normalization": cfg.normalization,
                      "resampling": cfg.resampling}
-    return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes},
-                      sort_keys=True)
+    return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes,
+                       "regions": fold.regions_class_order}, sort_keys=True)
 
 
 def largest_component_per_class(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
@@ -233,15 +244,24 @@ class Predictor:
         self.device = resolve_device(device)
         self.lcc = lcc
         self.tta = tta
+        self.regions_class_order = first.regions_class_order
+        modes = {f.ensemble for f in self.folds}
+        # nnU-Net's folds average logits; medseg's average probabilities; a mixed ensemble averages probabilities
+        self.ensemble = modes.pop() if len(modes) == 1 else "probabilities"
+        if self.regions_class_order is not None and self.ensemble != "logits":
+            raise InferenceError("region-based models ensemble by their logits only (nnU-Net's rule)",
+                                 first.run_dir)
         self.window = SlidingWindowPredictor(
             [f.model for f in self.folds], first.patch_size, step=step,
             mirror_axes=first.mirror_axes if tta else (), device=self.device, precision=precision,
             stitch_device=stitch_device, stitch_dtype=stitch_dtype,  # type: ignore[arg-type]
-            batch_size=batch_size)
+            batch_size=batch_size, ensemble=self.ensemble)  # type: ignore[arg-type]
 
     @property
     def num_classes(self) -> int:
-        """Output classes (including background)."""
+        """Output classes (including background); for region-based models, the largest class a region writes + 1."""
+        if self.regions_class_order is not None:
+            return max(self.regions_class_order) + 1
         return self.cfg.num_classes
 
     @property
@@ -276,7 +296,7 @@ class Predictor:
         resample_device = self.device if self.device.type == "cuda" else values.device
         exported = export_segmentation(values, case.properties, self.cfg.resampling,
                                        kind=self.window.output_kind, device=resample_device,
-                                       probabilities=probabilities)
+                                       probabilities=probabilities, regions_class_order=self.regions_class_order)
         del values
         seconds["export"] = time.perf_counter() - start
         labels = exported.labels
