@@ -152,9 +152,9 @@ def dice_from_counts(counts: torch.Tensor) -> list[float]:
 
 @dataclass
 class FoldSpec:
-    """What one fold trains on and where it writes."""
+    """What one fold trains on and where it writes (``fold`` ``"all"``: every case, validated on every case)."""
 
-    fold: int
+    fold: int | str
     train_ids: list[str]
     val_ids: list[str]
     run_dir: Path
@@ -551,19 +551,23 @@ class FoldTrainer:
 def train(
     plans_path: str | Path,
     configuration: str,
-    folds: Sequence[int] | str,
+    folds: Sequence[int | str] | str,
     out_dir: str | Path,
     config: TrainConfig,
     manifest_path: str | Path | None = None,
     resume: bool = False,
     stream: TextIO | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Train the folds ``folds`` (``"all"``: every fold) of a configuration into ``out_dir/fold_K``.
+    """Train the folds ``folds`` of a configuration into ``out_dir/fold_K``.
+
+    Fold semantics are nnU-Net's: ``0`` … ``4`` are the cross-validation folds (a model trained on the other folds'
+    cases, validated on its own), ``"all"`` is one model trained on every labelled case (``out_dir/fold_all``,
+    validated on its training cases, as nnU-Net's fold ``all``).
 
     Args:
         plans_path: ``plans.json``.
         configuration: Configuration name (``3d_fullres``, ``3d_lowres``, …).
-        folds: Fold indices, or ``"all"``.
+        folds: Fold indices and/or ``"all"``.
         out_dir: Run folder root; fold ``K`` writes ``out_dir/fold_K``.
         config: Training settings.
         manifest_path: Dataset manifest; default: the one recorded in ``fingerprint.json`` beside the plans.
@@ -588,17 +592,20 @@ def train(
     if not manifest.labelled_cases:
         raise TrainingError("the manifest has no labelled cases", manifest.source)
     splits = resolve_splits(manifest, config.num_folds, config.seed)
-    wanted = list(range(len(splits))) if folds == "all" else [int(f) for f in folds]  # type: ignore[union-attr]
+    every = sorted(c.id for c in manifest.labelled_cases)
+    wanted: list[int | str] = ["all"] if folds == "all" else [f if f == "all" else int(f) for f in folds]
     for fold in wanted:
-        if not 0 <= fold < len(splits):
+        if fold == "all":
+            continue
+        if not 0 <= int(fold) < len(splits):
             raise TrainingError(f"fold {fold} does not exist (there are {len(splits)} folds: 0–{len(splits) - 1})")
     known = {c.id for c in manifest.labelled_cases}
-    for fold in wanted:
-        unknown = sorted((set(splits[fold]["train"]) | set(splits[fold]["val"])) - known)
+    for index in (int(f) for f in wanted if f != "all"):
+        unknown = sorted((set(splits[index]["train"]) | set(splits[index]["val"])) - known)
         if unknown:
-            raise TrainingError(f"split {fold} names cases without labels in the manifest: {', '.join(unknown[:5])}")
-        if not splits[fold]["train"] or not splits[fold]["val"]:
-            raise TrainingError(f"split {fold} has no training or no validation cases")
+            raise TrainingError(f"split {index} names cases without labels in the manifest: {', '.join(unknown[:5])}")
+        if not splits[index]["train"] or not splits[index]["val"]:
+            raise TrainingError(f"split {index} has no training or no validation cases")
 
     info = launcher_info()
     device = resolve_device(config.device, info.local_rank, option="device")
@@ -613,7 +620,7 @@ def train(
         cache_folder = cache_root / configuration_of(plans, configuration).data_identifier
         results = {}
         for fold in wanted:
-            split = splits[fold]
+            split = {"train": every, "val": every} if fold == "all" else splits[int(fold)]
             spec = FoldSpec(fold, list(split["train"]), list(split["val"]), Path(out_dir) / f"fold_{fold}")
             trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream)
             results[fold] = trainer.run(resume)
