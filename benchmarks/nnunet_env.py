@@ -89,6 +89,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 torch.set_num_threads({threads})
 root = {root!r}
 plans = json.load(open(root + '/nnUNetPlans.json'))
+plans['continue_training'] = False  # what nnU-Net's run_training entry point adds
 dataset = json.load(open(root + '/dataset.json'))
 trainer = nnUNetTrainer(plans, {configuration!r}, {fold!r}, dataset, device=torch.device('cpu'))
 trainer.num_epochs = {epochs}

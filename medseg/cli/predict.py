@@ -125,15 +125,36 @@ def register(app: typer.Typer) -> None:
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
         fold_list = parse_folds(folds)
-        from medseg.inference import Predictor, discover_cases, run_batch
+        from medseg.inference import Predictor, discover_cases, load_folds, run_batch
 
         cases, input_manifest = discover_cases(input_path)
         from medseg.utils.files import FolderLock
+        from medseg.workflows.select import is_inference_plan, load_inference_plan
 
         with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
-            loaded = load_models(models, fold_list, checkpoint)
-            predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
-                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
+            options = {"tta": tta, "step": step, "device": device, "precision": precision,
+                       "stitch_device": stitch_device, "lcc": lcc, "batch_size": batch_size}
+            plans_given = [m for m in models if is_inference_plan(m)]
+            if plans_given:
+                from medseg.errors import InferenceError
+                from medseg.inference.predictor import EnsemblePredictor
+
+                if len(models) != 1:
+                    raise InferenceError("an inference plan of `medseg select` is the only -m of its prediction",
+                                         plans_given[0])
+                plan = load_inference_plan(plans_given[0])
+                parts = [load_folds([m["run"]], [int(f) for f in m["folds"]] or None, checkpoint)
+                         for m in plan["models"]]
+                loaded = [f for part in parts for f in part]
+                if len(parts) == 1:
+                    predictor = Predictor(parts[0], postprocessing=plan.get("postprocessing"),
+                                          **options)  # type: ignore[arg-type]
+                else:
+                    predictor = EnsemblePredictor([Predictor(part, **options) for part in parts],  # type: ignore[arg-type]
+                                                  plan.get("postprocessing"))
+            else:
+                loaded = load_models(models, fold_list, checkpoint)
+                predictor = Predictor(loaded, **options)  # type: ignore[arg-type]
             names = predictor.label_names
             if manifest is not None:
                 from medseg.data import load_manifest
@@ -144,6 +165,7 @@ def register(app: typer.Typer) -> None:
             settings = {
                 "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
+                "postprocessing": getattr(predictor, "postprocessing", {}),
             }
             typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
             summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,

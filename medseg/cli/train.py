@@ -8,7 +8,7 @@ import typer
 
 
 def _folds(text: str) -> list[int | str]:
-    """``--fold``: fold numbers, ranges (``0-4``: the five cross-validation folds) or ``all`` (every case, one model)."""
+    """``--fold``: fold numbers, ranges (``0-4``: the cross-validation folds) or ``all`` (every case, one model)."""
     from medseg.cli.predict import parse_folds
     from medseg.errors import MedsegError, TrainingError, quote
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,41 @@ def largest_component_per_class(labels: np.ndarray, classes: Sequence[int] | Non
     return out
 
 
+def _largest_mask(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import label as connected
+
+    components, n = connected(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(sizes.argmax())
+
+
+def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
+    """All foreground classes as one mask: voxels outside its largest 26-connected component become 0."""
+    out = labels.copy()
+    mask = labels > 0
+    out[mask & ~_largest_mask(mask)] = 0
+    return out
+
+
+def apply_postprocessing(labels: np.ndarray, postprocessing: Mapping[str, Any] | None) -> np.ndarray:
+    """Postprocessing chosen on cross-validation (``medseg select``).
+
+    The largest component of all foreground (``largest_component_all_foreground``), then of each class listed in
+    ``largest_component_classes``.
+    """
+    if not postprocessing:
+        return labels
+    if postprocessing.get("largest_component_all_foreground"):
+        labels = keep_largest_foreground(labels)
+    classes = [int(c) for c in postprocessing.get("largest_component_classes") or []]
+    if classes:
+        labels = largest_component_per_class(labels, classes)
+    return labels
+
+
 @dataclass
 class PreparedCase:
     """A loaded and preprocessed case, ready for the device.
@@ -227,11 +262,13 @@ class Predictor:
         stitch_dtype: ``auto``, ``fp16`` or ``fp32``.
         lcc: Keep only the largest connected component of each class.
         batch_size: Windows per batch (default: automatic).
+        postprocessing: Postprocessing of an inference plan of ``medseg select`` (:func:`apply_postprocessing`).
     """
 
     def __init__(self, folds: Sequence[FoldModel], *, tta: bool = True, step: float = 0.5,
                  device: str = "auto", precision: Precision = "auto", stitch_device: str = "auto",
-                 stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None) -> None:
+                 stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None,
+                 postprocessing: Mapping[str, Any] | None = None) -> None:
         from medseg.preprocessing import configuration_of
 
         if not folds:
@@ -244,6 +281,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.lcc = lcc
         self.tta = tta
+        self.postprocessing = dict(postprocessing or {})
         self.regions_class_order = first.regions_class_order
         modes = {f.ensemble for f in self.folds}
         # nnU-Net's folds average logits; medseg's average probabilities; a mixed ensemble averages probabilities
@@ -300,9 +338,11 @@ class Predictor:
         del values
         seconds["export"] = time.perf_counter() - start
         labels = exported.labels
-        if self.lcc:
+        if self.lcc or self.postprocessing:
             start = time.perf_counter()
-            labels = largest_component_per_class(labels)
+            labels = apply_postprocessing(labels, self.postprocessing)
+            if self.lcc:
+                labels = largest_component_per_class(labels)
             seconds["postprocess"] = time.perf_counter() - start
         meta = dict(getattr(case.image, "meta", {}) or {})
         affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
@@ -312,6 +352,67 @@ class Predictor:
         image = make_image(labels[None], affine, keep)
         return Prediction(labels=image, probabilities=exported.probabilities, seconds=seconds,
                           window_stats=self.window.stats)
+
+    def predict(self, image: Any, case_id: str = "case", *, probabilities: bool = False) -> Prediction:
+        """Preprocess, predict and export one loaded image."""
+        return self.predict_prepared(self.prepare(case_id, image), probabilities=probabilities)
+
+
+class EnsemblePredictor:
+    """Runs with different preprocessing (e.g. ``2d`` and ``3d_fullres``) as one predictor.
+
+    For ``medseg select``'s pair ensembles: each run predicts with its own preprocessing and window, their
+    probabilities are averaged on the input's native grid (nnU-Net's ``nnUNetv2_ensemble``), then argmax and the
+    plan's postprocessing.
+
+    Args:
+        predictors: One :class:`Predictor` per run (same classes).
+        postprocessing: The plan's postprocessing (:func:`apply_postprocessing`).
+    """
+
+    def __init__(self, predictors: Sequence[Predictor], postprocessing: Mapping[str, Any] | None = None) -> None:
+        if not predictors:
+            raise InferenceError("no runs to ensemble")
+        self.predictors = list(predictors)
+        first = self.predictors[0]
+        if any(p.num_classes != first.num_classes for p in self.predictors):
+            raise InferenceError("the runs of an ensemble must predict the same classes")
+        self.device = first.device
+        self.postprocessing = dict(postprocessing or {})
+
+    @property
+    def num_classes(self) -> int:
+        """Output classes (including background)."""
+        return self.predictors[0].num_classes
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Label value → name (the first run's)."""
+        return self.predictors[0].label_names
+
+    def prepare(self, case_id: str, image: Any) -> PreparedCase:
+        """Preprocess the image once per run."""
+        parts = [p.prepare(case_id, image) for p in self.predictors]
+        seconds = {"preprocess": sum(part.seconds.get("preprocess", 0.0) for part in parts)}
+        return PreparedCase(case_id, image, np.zeros(0, dtype=np.float32), {"parts": parts}, seconds)
+
+    def predict_prepared(self, case: PreparedCase, *, probabilities: bool = False) -> Prediction:
+        """Each run's native probabilities, averaged, then argmax and postprocessing."""
+        parts = case.properties["parts"]
+        results = [p.predict_prepared(part, probabilities=True) for p, part in zip(self.predictors, parts,
+                                                                                     strict=True)]
+        mean = np.mean([np.asarray(r.probabilities, dtype=np.float32) for r in results], axis=0)
+        seconds = dict(case.seconds)
+        for key in ("predict", "export"):
+            seconds[key] = sum(r.seconds.get(key, 0.0) for r in results)
+        start = time.perf_counter()
+        labels = apply_postprocessing(mean.argmax(0).astype(np.uint8 if mean.shape[0] <= 256 else np.int16),
+                                      self.postprocessing)
+        seconds["postprocess"] = time.perf_counter() - start
+        image = results[0].labels.clone()
+        image[0] = torch.from_numpy(labels.astype(np.asarray(image[0]).dtype))
+        return Prediction(labels=image, probabilities=mean.astype(np.float16) if probabilities else None,
+                          seconds=seconds, window_stats=results[0].window_stats)
 
     def predict(self, image: Any, case_id: str = "case", *, probabilities: bool = False) -> Prediction:
         """Preprocess, predict and export one loaded image."""
