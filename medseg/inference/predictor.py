@@ -110,7 +110,11 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     cfg = configuration_of(plans, configuration)
     from medseg.models import create_model_from_plans
 
-    model = create_model_from_plans(cfg.model.as_dict(), config.get("model") or state.get("model_name") or None,
+    entry = cfg.model.as_dict()
+    regions = config.get("regions")
+    if regions:  # region-based training: one sigmoid output per region
+        entry["out_channels"] = len(regions)
+    model = create_model_from_plans(entry, config.get("model") or state.get("model_name") or None,
                                     config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)))
     try:
         model.load_state_dict(state["model"])
@@ -128,7 +132,9 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     fold = state.get("fold", -1)
     return FoldModel(run_dir=fold_dir, fold=fold if fold == "all" else int(fold), configuration=configuration,
                      plans=plans,
-                     patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path)
+                     patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path,
+                     ensemble="logits" if regions else "probabilities",
+                     regions_class_order=[int(c) for c in config.get("regions_class_order") or []] or None)
 
 
 def load_folds(run_dirs: Sequence[str | Path], folds: Sequence[int] | None = None,

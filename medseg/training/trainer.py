@@ -78,10 +78,36 @@ def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
 
 
 def build_model(cfg: Configuration, config: TrainConfig) -> nn.Module:
-    """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured."""
+    """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured.
+
+    Region-based training (``config.regions``) gives the network one output per region instead of one per label.
+    """
     from medseg.models import create_model_from_plans
 
-    return create_model_from_plans(cfg.model.as_dict(), config.model, config.model_kwargs, config.deep_supervision)
+    entry = cfg.model.as_dict()
+    if config.regions:
+        entry["out_channels"] = len(config.regions)
+    return create_model_from_plans(entry, config.model, config.model_kwargs, config.deep_supervision)
+
+
+def labels_from_regions(logits: torch.Tensor, regions_class_order: Sequence[int], threshold: float = 0.0
+                        ) -> torch.Tensor:
+    """Label map of region logits ``(R, *spatial)`` (nnU-Net's ``LabelManager``).
+
+    Region ``r`` writes ``regions_class_order[r]`` where its sigmoid exceeds 0.5 (logit > 0), later regions over
+    earlier ones.
+    """
+    labels = torch.zeros(logits.shape[1:], dtype=torch.int16, device=logits.device)
+    for r, value in enumerate(regions_class_order):
+        labels[logits[r] > threshold] = int(value)
+    return labels
+
+
+def region_tp_fp_fn(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per region ``[tp, fp, fn]`` (shape ``(3, R)``) of binary masks ``(B, R, *spatial)``, summed over the rest."""
+    p, t = prediction.bool(), target.bool()
+    axes = (0, *range(2, p.ndim))
+    return torch.stack([(p & t).sum(axes), (p & ~t).sum(axes), (~p & t).sum(axes)]).double()
 
 
 def _check_batch_norm_at_batch_one(cfg: Configuration, config: TrainConfig, patch: Sequence[int]) -> None:
@@ -173,6 +199,8 @@ class FoldTrainer:
         self.stream = stream
         self.cfg = configuration_of(plans, configuration)
         self.num_classes = self.cfg.num_classes
+        self.regions = [list(r) for r in config.regions] if config.regions else None
+        self.n_scores = len(self.regions) if self.regions else self.num_classes - 1
         self.patch = [int(p) for p in (config.patch_size or self.cfg.patch_size)]
         if len(self.patch) != self.cfg.spatial_dims:
             dims, planned = self.cfg.spatial_dims, list(self.cfg.patch_size)
@@ -205,7 +233,7 @@ class FoldTrainer:
                 weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice),
+        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice, self.regions),
                                         getattr(self.model, "loss_weights", ()))
         self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda" and config.amp:
@@ -355,7 +383,7 @@ class FoldTrainer:
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
-        """Loss and ``[tp, fp, fn]`` per foreground class of one validation batch (full-resolution output)."""
+        """Loss and ``[tp, fp, fn]`` per foreground class (or region) of one validation batch (full resolution)."""
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
         with self._autocast():
@@ -363,6 +391,10 @@ class FoldTrainer:
             if isinstance(output, (list, tuple)):
                 output = output[0]
             loss = self.loss(output, target)
+        if self.regions:
+            from medseg.training.loss import regions_to_masks
+
+            return float(loss), region_tp_fp_fn(output > 0, regions_to_masks(target.long(), self.regions)).cpu()
         prediction = output.argmax(1, keepdim=True)
         return float(loss), tp_fp_fn(prediction, target, self.num_classes).cpu()
 
@@ -421,7 +453,7 @@ class FoldTrainer:
         self.network.eval()
         val_sampler.set_epoch(epoch)
         val_losses = []
-        counts = torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+        counts = torch.zeros(3, self.n_scores, dtype=torch.float64)
         for batch in val_loader:
             loss, batch_counts = self.validation_step(batch)
             val_losses.append(loss)
@@ -502,6 +534,8 @@ class FoldTrainer:
                                         device=self.device, precision=_PRECISION[self.amp_dtype],
                                         batch_size=self.config.sw_batch_size)
         logits = window.predict(np.ascontiguousarray(data))
+        if self.regions:
+            return labels_from_regions(logits.float(), self.config.regions_class_order or []).cpu().numpy()
         return logits.argmax(0).cpu().numpy().astype(np.int16)
 
     def final_validation(self) -> dict[str, Any]:
@@ -511,20 +545,30 @@ class FoldTrainer:
         final = self.run_dir / "checkpoint_final.pt"
         if final.is_file():
             self.model.load_state_dict(load_checkpoint(final, map_location=self.device)["model"])
-        names = self.cfg.label_names
+        labels = self.cfg.label_names
+        if self.regions:  # one score per region, named by its labels ("grey_matter+white_matter")
+            names = {i: "+".join(labels.get(v, str(v)) for v in r) for i, r in enumerate(self.regions)}
+        else:
+            names = {c: labels.get(c, str(c)) for c in range(1, self.num_classes)}
         results = []
         for case_id in self.spec.val_ids[self.info.rank :: self.info.world_size]:
             case = load_cached_case(self.cache_folder, case_id, mmap=False)
             prediction = torch.from_numpy(self.predict_case(case["data"]))
             reference = torch.from_numpy(case["seg"][0].astype(np.int16)).clamp(min=0)
-            dice = dice_from_counts(tp_fp_fn(prediction, reference, self.num_classes))
-            results.append({"case": case_id, "dice": {names.get(c, str(c)): None if math.isnan(d) else d
-                                                      for c, d in zip(range(1, self.num_classes), dice, strict=True)}})
+            if self.regions:
+                from medseg.training.loss import regions_to_masks
+
+                counts = region_tp_fp_fn(regions_to_masks(prediction[None, None], self.regions),
+                                         regions_to_masks(reference[None, None], self.regions))
+            else:
+                counts = tp_fp_fn(prediction, reference, self.num_classes)
+            dice = dice_from_counts(counts)
+            results.append({"case": case_id, "dice": {name: None if math.isnan(d) else d
+                                                      for name, d in zip(names.values(), dice, strict=True)}})
         gathered = all_gather_objects(results, self.info)
         cases = sorted((r for part in gathered for r in part), key=lambda r: r["case"])  # type: ignore[union-attr]
         mean = {}
-        for c in range(1, self.num_classes):
-            name = names.get(c, str(c))
+        for name in names.values():
             values = [r["dice"][name] for r in cases if r["dice"][name] is not None]
             mean[name] = float(np.mean(values)) if values else None
         finite = [v for v in mean.values() if v is not None]
