@@ -154,7 +154,13 @@ def register(app: typer.Typer) -> None:
                                                   plan.get("postprocessing"))
             else:
                 loaded = load_models(models, fold_list, checkpoint)
-                predictor = Predictor(loaded, **options)  # type: ignore[arg-type]
+                previous = None
+                if loaded[0].previous_stage_run is not None:  # a cascade: its previous stage predicts first
+                    earlier = load_models([loaded[0].previous_stage_run], None, checkpoint)
+                    previous = Predictor(earlier, **options)  # type: ignore[arg-type]
+                    loaded = loaded + earlier
+                predictor = Predictor([f for f in loaded if f.previous_stage_run is not None] if previous else loaded,
+                                      previous=previous, **options)  # type: ignore[arg-type]
             names = predictor.label_names
             if manifest is not None:
                 from medseg.data import load_manifest

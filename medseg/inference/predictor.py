@@ -50,6 +50,8 @@ class FoldModel:
             ``nnUNetPredictor``: mean logits).
         regions_class_order: For region-based models (one sigmoid output per region, nnU-Net's
             ``regions_class_order``): the class each region writes, in order; ``None`` for softmax models.
+        previous_stage_run: For a cascade stage: the previous stage's run (predicted first; its label map becomes
+            extra input channels).
     """
 
     run_dir: Path
@@ -62,6 +64,7 @@ class FoldModel:
     checkpoint: Path
     ensemble: str = "probabilities"
     regions_class_order: list[int] | None = None
+    previous_stage_run: Path | None = None
 
 
 def _fold_dirs(run_dir: Path, folds: Sequence[int | str] | None) -> list[Path]:
@@ -134,7 +137,9 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
                      plans=plans,
                      patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path,
                      ensemble="logits" if regions else "probabilities",
-                     regions_class_order=[int(c) for c in config.get("regions_class_order") or []] or None)
+                     regions_class_order=[int(c) for c in config.get("regions_class_order") or []] or None,
+                     previous_stage_run=Path(config["previous_stage_run"]) if cfg.previous_stage and
+                     config.get("previous_stage_run") else None)
 
 
 def load_folds(run_dirs: Sequence[str | Path], folds: Sequence[int] | None = None,
@@ -269,12 +274,14 @@ class Predictor:
         lcc: Keep only the largest connected component of each class.
         batch_size: Windows per batch (default: automatic).
         postprocessing: Postprocessing of an inference plan of ``medseg select`` (:func:`apply_postprocessing`).
+        previous: For a cascade stage (``3d_cascade_fullres``): the predictor of its previous stage; its label map
+            of the case, preprocessed with the image as nnU-Net does, is appended one-hot to the input.
     """
 
     def __init__(self, folds: Sequence[FoldModel], *, tta: bool = True, step: float = 0.5,
                  device: str = "auto", precision: Precision = "auto", stitch_device: str = "auto",
                  stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None,
-                 postprocessing: Mapping[str, Any] | None = None) -> None:
+                 postprocessing: Mapping[str, Any] | None = None, previous: Predictor | None = None) -> None:
         from medseg.preprocessing import configuration_of
 
         if not folds:
@@ -288,6 +295,11 @@ class Predictor:
         self.lcc = lcc
         self.tta = tta
         self.postprocessing = dict(postprocessing or {})
+        self.previous = previous
+        if self.cfg.previous_stage and previous is None:
+            raise InferenceError(f"{self.configuration} is a cascade stage: it needs its {self.cfg.previous_stage} "
+                                 "run to predict first (recorded as previous_stage_run, or a sibling nnU-Net "
+                                 "folder)", first.run_dir)
         self.regions_class_order = first.regions_class_order
         modes = {f.ensemble for f in self.folds}
         # nnU-Net's folds average logits; medseg's average probabilities; a mixed ensemble averages probabilities
@@ -322,6 +334,17 @@ class Predictor:
         expected = self.cfg.num_channels
         require_3d(image, where, channels=expected)
         check_finite(image, where)
+        if self.previous is not None:  # the cascade: the previous stage's label map, preprocessed with the image
+            start = time.perf_counter()
+            earlier = self.previous.predict(image, case_id)
+            seconds = {"previous_stage": time.perf_counter() - start}
+            start = time.perf_counter()
+            data, seg, properties = preprocess_case(image, self.plans, self.configuration,
+                                                    label=np.asarray(earlier.labels[0]))
+            onehot = np.stack([(seg[0] == c) for c in range(1, self.cfg.num_classes)]).astype(np.float32)
+            data = np.concatenate([data, onehot])
+            seconds["preprocess"] = time.perf_counter() - start
+            return PreparedCase(case_id, image, data, properties, seconds)
         start = time.perf_counter()
         data, _, properties = preprocess_case(image, self.plans, self.configuration)
         return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})

@@ -460,10 +460,18 @@ def load_nnunet_folds(folder: str | Path, folds: Sequence[int | str] | None = No
         model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)
         model.eval()
         fold_name = fold_dir.name[5:]
+        previous_run = None
+        if cfg.previous_stage:  # nnU-Net's cascade: the previous stage is the sibling folder of the same trainer
+            parts = root.name.split("__")
+            previous_run = root.parent / "__".join([*parts[:-1], str(cfg.previous_stage)])
+            if len(parts) < 3 or not is_nnunet_folder(previous_run):
+                raise InferenceError(f"{configuration} is a cascade stage; its {cfg.previous_stage} results folder "
+                                     f"{previous_run.name} is not beside it", root)
         loaded.append(FoldModel(run_dir=fold_dir, fold=int(fold_name) if fold_name.isdigit() else fold_name,
                                 configuration=configuration, plans=plans, patch_size=patch, mirror_axes=mirror_axes,
                                 model=model, checkpoint=path, ensemble="logits",
-                                regions_class_order=plans["nnunet"]["regions_class_order"]))
+                                regions_class_order=plans["nnunet"]["regions_class_order"],
+                                previous_stage_run=previous_run))
     first = loaded[0]
     for other in loaded[1:]:
         if other.configuration != first.configuration:

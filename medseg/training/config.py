@@ -87,6 +87,9 @@ class TrainConfig:
             (region-based; the loss whenever ``regions`` is set).
         regions: Region-based training (nnU-Net's regions, e.g. BraTS ``[[1, 2, 3], [2, 3], [3]]``): one sigmoid
             output per region (a set of label values), Dice + BCE; ``None``: one softmax output per label.
+        previous_stage_run: For a cascade stage (``3d_cascade_fullres``): the run folder of its previous stage
+            (``3d_lowres``), whose folds' final validation wrote the predictions this stage trains on, and which
+            ``medseg predict`` runs first.
         regions_class_order: With ``regions``: the label value each region writes when predicted, in order (later
             regions overwrite earlier ones), e.g. ``[1, 2, 3]``.
         deep_supervision: Weighted loss on every decoder resolution (when the model supports it).
@@ -126,6 +129,7 @@ class TrainConfig:
     loss: Literal["dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "dice_bce"] = "dice_ce"
     regions: list[list[int]] | None = None
     regions_class_order: list[int] | None = None
+    previous_stage_run: str | None = None
     deep_supervision: bool = True
     batch_dice: bool | None = None
     oversample_foreground: float = 0.33

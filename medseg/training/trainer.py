@@ -191,8 +191,10 @@ class FoldTrainer:
 
     def __init__(self, plans: dict[str, Any], configuration: str, config: TrainConfig, spec: FoldSpec,
                  splits: list[dict[str, list[str]]], cache_folder: Path, info: DistInfo, device: torch.device,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, previous: dict[str, str] | None = None) -> None:
         from medseg.preprocessing import configuration_of
+
+        self.previous = dict(previous or {})  # cascade: case → previous-stage prediction on this stage's grid
 
         self.plans, self.configuration, self.config, self.spec = plans, configuration, config, spec
         self.splits, self.cache_folder, self.info, self.device = splits, cache_folder, info, device
@@ -356,7 +358,8 @@ class FoldTrainer:
         c = self.config
         common = {"folder": self.cache_folder, "patch_size": self.patch, "global_batch": self.global_batch,
                   "sample_offset": self.sample_offset, "local_batch": self.local_batch, "seed": c.seed,
-                  "oversample_foreground": c.oversample_foreground}
+                  "oversample_foreground": c.oversample_foreground, "previous": self.previous,
+                  "num_classes": self.num_classes}
         train = BatchDataset(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch, stream=TRAIN_STREAM,
                              augmentation=c.augmentation, **common)
         from dataclasses import replace
@@ -551,9 +554,26 @@ class FoldTrainer:
         else:
             names = {c: labels.get(c, str(c)) for c in range(1, self.num_classes)}
         results = []
+        next_cfg = None
+        if self.cfg.next_stage and self.cfg.next_stage in (self.plans.get("configurations") or {}):
+            from medseg.preprocessing import configuration_of
+
+            next_cfg = configuration_of(self.plans, self.cfg.next_stage)
         for case_id in self.spec.val_ids[self.info.rank :: self.info.world_size]:
             case = load_cached_case(self.cache_folder, case_id, mmap=False)
-            prediction = torch.from_numpy(self.predict_case(case["data"]))
+            data = case["data"]
+            if self.previous:
+                from medseg.training.cascade import one_hot_foreground
+
+                with np.load(self.previous[case_id]) as stored:
+                    onehot = one_hot_foreground(stored["seg"], self.num_classes).numpy()
+                data = np.concatenate([data, onehot.astype(data.dtype)])
+            labels_np = self.predict_case(data)
+            if next_cfg is not None:  # each rank writes the cases it validated
+                from medseg.training.cascade import write_next_stage
+
+                write_next_stage(self.run_dir, case_id, labels_np, case["properties"], next_cfg)
+            prediction = torch.from_numpy(labels_np)
             reference = torch.from_numpy(case["seg"][0].astype(np.int16)).clamp(min=0)
             if self.regions:
                 from medseg.training.loss import regions_to_masks
@@ -666,7 +686,16 @@ def train(
         for fold in wanted:
             split = {"train": every, "val": every} if fold == "all" else splits[int(fold)]
             spec = FoldSpec(fold, list(split["train"]), list(split["val"]), Path(out_dir) / f"fold_{fold}")
-            trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream)
+            previous = None
+            if configuration_of(plans, configuration).previous_stage:
+                from medseg.training.cascade import previous_predictions
+
+                previous = previous_predictions(config.previous_stage_run, sorted(set(spec.train_ids) |
+                                                                                  set(spec.val_ids)),
+                                                configuration, str(configuration_of(plans, configuration)
+                                                                   .previous_stage))
+            trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream,
+                                  previous)
             results[fold] = trainer.run(resume)
         return results
     finally:
