@@ -86,7 +86,9 @@ def _architecture(model: nn.Module, where: Path) -> dict[str, Any]:
 
 
 def nnunet_plans_from_medseg(plans: Mapping[str, Any], configuration: str, model: nn.Module,
-                             patch_size: Sequence[int], where: str | Path = "plans.json"
+                             patch_size: Sequence[int], where: str | Path = "plans.json",
+                             regions: Sequence[Sequence[int]] | None = None,
+                             regions_class_order: Sequence[int] | None = None,
                              ) -> tuple[dict[str, Any], dict[str, Any]]:
     """nnU-Net v2's ``plans.json`` and ``dataset.json`` for one configuration of medseg plans and its network.
 
@@ -96,6 +98,9 @@ def nnunet_plans_from_medseg(plans: Mapping[str, Any], configuration: str, model
         model: The trained network (medseg ``nnunet`` / ``nnunet_resenc``; a 2D one may be wrapped slice-wise).
         patch_size: The patch the run trained with (written as the configuration's patch: nnU-Net's windows).
         where: Named in errors.
+        regions: A region-based run's regions (label sets); ``dataset.json`` then declares them with
+            ``regions_class_order``, as nnU-Net's region-based datasets do.
+        regions_class_order: The class each region writes.
 
     Raises:
         InferenceError: The network or a preprocessing step has no nnU-Net equivalent.
@@ -166,7 +171,11 @@ def nnunet_plans_from_medseg(plans: Mapping[str, Any], configuration: str, model
         "foreground_intensity_properties_per_channel": intensity,
     }
     names = cfg.label_names
-    labels = {("background" if value == 0 else names[value]): value for value in sorted(names)}
+    labels: dict[str, Any] = {("background" if value == 0 else names[value]): value for value in sorted(names)}
+    if regions:
+        labels = {"background": 0}
+        for region in regions:
+            labels["+".join(names.get(int(v), str(v)) for v in region)] = [int(v) for v in region]
     dataset = {
         "name": nn_plans["dataset_name"],
         "channel_names": {str(i): str(c.get("name", f"channel{i}")) if isinstance(c, Mapping) else str(c)
@@ -175,6 +184,8 @@ def nnunet_plans_from_medseg(plans: Mapping[str, Any], configuration: str, model
         "numTraining": int(plans.get("num_training_cases") or 0),
         "file_ending": ".nii.gz",
     }
+    if regions:
+        dataset["regions_class_order"] = [int(c) for c in regions_class_order or []]
     if dataset["channel_names"] == {}:
         dataset["channel_names"] = {str(i): str(e.get("name", f"channel{i}")) for i, e in enumerate(cfg.normalization)}
     return nn_plans, dataset
@@ -215,7 +226,11 @@ def export_nnunet(run: str | Path, out: str | Path, folds: Sequence[int | str] |
         spatial = int(model.spatial_dims)  # type: ignore[union-attr]
         patch = fold.patch_size[1:] if spatial == 2 else fold.patch_size
         mirror = sorted({a - 1 for a in fold.mirror_axes} if spatial == 2 else set(fold.mirror_axes))
-        nn_plans, dataset = nnunet_plans_from_medseg(fold.plans, fold.configuration, model, patch, fold_dir)
+        from medseg.config import read_yaml
+
+        settings = read_yaml(fold_dir / "config.yaml") if (fold_dir / "config.yaml").is_file() else {}
+        nn_plans, dataset = nnunet_plans_from_medseg(fold.plans, fold.configuration, model, patch, fold_dir,
+                                                     (settings or {}).get("regions"), fold.regions_class_order)
         if reference is None:
             reference = (nn_plans, dataset)
         elif reference != (nn_plans, dataset):

@@ -97,3 +97,17 @@ def test_region_training_learns_and_predicts_label_maps(tmp_path: Path) -> None:
     tissue = label > 0
     dice = 2 * ((predicted > 0) & tissue).sum() / ((predicted > 0).sum() + tissue.sum())
     assert dice > 0.5
+    # exported to nnU-Net's form, the regions and their order go to dataset.json; loaded back it predicts the same
+    exported = tmp_path / "exported"
+    done = subprocess.run([sys.executable, "-m", "medseg", "export-nnunet", str(tmp_path / "run"), "-o",
+                           str(exported)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    nn_dataset = json.loads((exported / "dataset.json").read_text())
+    assert nn_dataset["labels"] == {"background": 0, "grey+white": [1, 2], "white": [2]}
+    assert nn_dataset["regions_class_order"] == [1, 2]
+    again = tmp_path / "pred_exported"
+    done = subprocess.run([sys.executable, "-m", "medseg", "predict", "-i", str(tmp_path / "t1.nii.gz"), "-o",
+                           str(again), "-m", str(exported), "--device", "cpu", "--no-tta", "--progress", "plain"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.array_equal(np.asarray(nib.load(str(again / "t1.nii.gz")).dataobj), predicted)
