@@ -35,8 +35,10 @@ def ensure_venv(log: Any = print) -> Path:
     log(f"building {VENV} (torch {torch.__version__.split('+')[0]}, nnunetv2 {NNUNET_VERSION}); this takes minutes")
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(PYTHON), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
-    subprocess.run([*pip, f"nnunetv2=={NNUNET_VERSION}"], check=True)
+    pinned = f"torch=={torch.__version__.split('+')[0]}"
+    subprocess.run([*pip, pinned], check=True)
+    # torch stays pinned, so pip picks the torchvision release built for it
+    subprocess.run([*pip, f"nnunetv2=={NNUNET_VERSION}", pinned], check=True)
     return PYTHON
 
 

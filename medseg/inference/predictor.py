@@ -81,7 +81,7 @@ def _fold_dirs(run_dir: Path, folds: Sequence[int | str] | None) -> list[Path]:
         keys = [str(f) for f in folds]
         missing = [k for k in keys if k not in present]
         if missing:
-            raise InferenceError(f"no fold folder for fold(s) {', '.join(missing)}", run_dir)
+            raise InferenceError(f"no fold folder for fold(s) [{', '.join(missing)}]", run_dir)
     found = [present[k] for k in keys]
     if not found:
         raise InferenceError("not a run folder of `medseg train` (no fold_K/ with plans.json and config.yaml)", run_dir)

@@ -146,7 +146,8 @@ def _spleen(shared_data: Path) -> Path:
 
 def _nnunet_predict(folder: Path, image: Path, out: Path, folds: str = "0") -> np.ndarray:
     """nnU-Net's own nnUNetPredictor on ``image`` (skips where the nnU-Net environment is absent)."""
-    if not NNUNET_PYTHON.is_file():
+    if not NNUNET_PYTHON.is_file() or subprocess.run([str(NNUNET_PYTHON), "-c", "import nnunetv2"],
+                                                     capture_output=True).returncode != 0:
         pytest.skip(f"nnU-Net's environment is not built ({NNUNET_PYTHON}; `python benchmarks/nnunet_interop.py "
                     "--setup` builds it)")
     src = out / "in"
