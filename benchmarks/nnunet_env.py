@@ -1,10 +1,11 @@
 """nnU-Net v2 in its own virtual environment, for the benchmarks that compare medseg with it (not a test).
 
 nnU-Net (``nnunetv2``) pulls torchvision, timm and a CUDA build of torch, so it never enters medseg's environment:
-:func:`ensure_venv` builds ``benchmarks/.nnunet-venv`` with ``python -m venv`` and pip (torch pinned to the version
-medseg's environment has, then ``nnunetv2``), and :func:`run_nnunet` runs Python code or nnU-Net's commands there
-with nnU-Net's folder variables pointing into a work folder. :func:`write_raw_dataset` writes an nnU-Net raw dataset
-(``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``, ``dataset.json``) from medseg manifest cases.
+:func:`ensure_venv` builds ``benchmarks/.nnunet-venv`` with ``python -m venv`` and pip alone (torch pinned to the
+CPU build medseg's Makefile installs, ``torch==2.13.0``, then ``nnunetv2`` with torch held at that pin), and
+:func:`run_nnunet` runs Python code or nnU-Net's commands there with nnU-Net's folder variables pointing into a work
+folder. :func:`write_raw_dataset` writes an nnU-Net raw dataset (``imagesTr/CASE_0000.nii.gz``,
+``labelsTr/CASE.nii.gz``, ``dataset.json``) from medseg manifest cases.
 """
 
 from __future__ import annotations
@@ -24,22 +25,30 @@ REPO = HERE.parent
 VENV = HERE / ".nnunet-venv"
 PYTHON = VENV / "bin" / "python"
 NNUNET_VERSION = "2.8.1"
+TORCH_VERSION = "2.13.0"  # as the Makefile pins it for medseg's environment: the CPU wheel
 
 
-def ensure_venv(log: Any = print) -> Path:
-    """Build the nnU-Net environment once (torch as in medseg's environment, then ``nnunetv2``)."""
-    if PYTHON.is_file() and subprocess.run([str(PYTHON), "-c", "import nnunetv2"], capture_output=True).returncode == 0:
-        return PYTHON
-    import torch
+def ensure_venv(log: Any = print, venv: Path = VENV) -> Path:
+    """Build the nnU-Net environment once with pip (``torch==TORCH_VERSION``, then ``nnunetv2``); its Python.
 
-    log(f"building {VENV} (torch {torch.__version__.split('+')[0]}, nnunetv2 {NNUNET_VERSION}); this takes minutes")
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    pip = [str(PYTHON), "-m", "pip", "install", "--quiet"]
-    pinned = f"torch=={torch.__version__.split('+')[0]}"
+    Torch goes in first and stays pinned while ``nnunetv2`` installs, so pip keeps the CPU build and picks the
+    torchvision release made for it. A CUDA build of torch is refused (it is gigabytes, and nothing here uses it).
+    """
+    python = venv / "bin" / "python"
+    if python.is_file() and subprocess.run([str(python), "-c", "import nnunetv2"], capture_output=True).returncode == 0:
+        return python
+    log(f"building {venv} (torch {TORCH_VERSION} CPU, nnunetv2 {NNUNET_VERSION}); this takes minutes")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    pinned = f"torch=={TORCH_VERSION}"
     subprocess.run([*pip, pinned], check=True)
-    # torch stays pinned, so pip picks the torchvision release built for it
     subprocess.run([*pip, f"nnunetv2=={NNUNET_VERSION}", pinned], check=True)
-    return PYTHON
+    cuda = subprocess.run([str(python), "-c", "import torch; print(torch.version.cuda)"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    if cuda != "None":
+        raise RuntimeError(f"{venv}: pip installed a CUDA {cuda} build of torch {TORCH_VERSION}; make the CPU wheel "
+                           "available to pip (e.g. --extra-index-url https://download.pytorch.org/whl/cpu)")
+    return python
 
 
 def nnunet_env(work: Path, threads: int = 1) -> dict[str, str]:
