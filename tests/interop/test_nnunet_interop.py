@@ -150,18 +150,19 @@ def _nnunet_predict(folder: Path, image: Path, out: Path, folds: str = "0") -> n
                                                      capture_output=True).returncode != 0:
         pytest.skip(f"nnU-Net's environment is not built ({NNUNET_PYTHON}; `python benchmarks/nnunet_interop.py "
                     "--setup` builds it)")
-    src = out / "in"
-    src.mkdir(parents=True)
-    (src / "case_0000.nii.gz").symlink_to(image.resolve())
+    # nnU-Net's whole pipeline for one image, in one process (predict_from_files would spawn a preprocessing and an
+    # export worker, each importing torch again): the folder's reader, DefaultPreprocessor, sliding window with
+    # mirroring, fold ensemble and export_prediction_from_logits
+    (out / "nnunet").mkdir(parents=True)
     script = (
-        "import sys, torch; torch.set_num_threads(1)\n"
+        "import torch; torch.set_num_threads(1)\n"
         "from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor\n"
         "p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, "
         "perform_everything_on_device=False, device=torch.device('cpu'), allow_tqdm=False)\n"
         f"p.initialize_from_trained_model_folder({str(folder)!r}, use_folds={folds!r}.split(','), "
         "checkpoint_name='checkpoint_final.pth')\n"
-        f"p.predict_from_files({str(src)!r}, {str(out / 'nnunet')!r}, save_probabilities=False, overwrite=True, "
-        "num_processes_preprocessing=1, num_processes_segmentation_export=1)\n"
+        f"image, properties = p.plans_manager.image_reader_writer_class().read_images([{str(image)!r}])\n"
+        f"p.predict_single_npy_array(image, properties, None, {str(out / 'nnunet' / 'case')!r}, False)\n"
     )
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "nnUNet_raw": str(out), "nnUNet_preprocessed": str(out),
            "nnUNet_results": str(out)}
@@ -193,7 +194,10 @@ def test_predict_nnunet_folder_on_real_ct_agrees_with_nnunet(tmp_path: Path, sha
     """``medseg predict -m FOLDER`` on the spleen CT (CT clipping, separate-z resampling, mirroring, two folds):
     the input's grid and affine, dataset.json's names, and ≥ 99.5 % voxels / Dice ≥ 0.99 per class against
     nnUNetPredictor on the same folder."""
-    image = _spleen(shared_data)
+    # a 120 × 120 in-plane crop of the CT, every slice (the affine follows the crop): 2 × 2 × 3 windows per fold
+    full = nib.load(str(_spleen(shared_data)))
+    image = tmp_path / "spleen_ct.nii.gz"
+    nib.save(full.slicer[30:150, 30:150, :], image)
     folder, _ = _ct_folder(tmp_path, folds=("0", "1"))
     ours = _medseg_predict(folder, image, tmp_path / "medseg")
     source = nib.load(str(image))
