@@ -47,7 +47,20 @@ def _root(
 
 
 def _register_subcommands() -> None:
-    from medseg.cli import convert, dataset, evaluate, info, listen, models, planning, predict, run, train, volumes
+    from medseg.cli import (
+        convert,
+        dataset,
+        evaluate,
+        info,
+        interop,
+        listen,
+        models,
+        planning,
+        predict,
+        run,
+        train,
+        volumes,
+    )
 
     info.register(app)
     models.register(app)
@@ -58,6 +71,7 @@ def _register_subcommands() -> None:
     train.register(app)
     run.register(app)
     predict.register(app)
+    interop.register(app)
     volumes.register(app)
     listen.register(app)
 

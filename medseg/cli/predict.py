@@ -10,15 +10,36 @@ import typer
 PARTIAL_FAILURE_EXIT = 3
 
 
-def _folds(text: str | None) -> list[int] | None:
-    from medseg.errors import InferenceError
+def parse_folds(text: str | None, option: str = "--folds") -> list[int | str] | None:
+    """Folds from the command line: ``0``, ``0,2``, ``0-4`` (a range), ``all`` (the model trained on every case).
 
-    if text is None or text.strip().lower() in ("", "all"):
+    ``None`` or empty gives ``None`` (the default choice of the caller).
+    """
+    from medseg.errors import InferenceError, quote
+
+    if text is None or not text.strip():
         return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InferenceError(f"--folds must be comma-separated fold numbers or 'all', not {text!r}") from None
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if part.lower() == "all":
+                out.append("all")
+            elif "-" in part[1:]:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo or lo < 0:
+                    raise ValueError
+                out += list(range(lo, hi + 1))
+            else:
+                value = int(part)
+                if value < 0:
+                    raise ValueError
+                out.append(value)
+        except ValueError:
+            raise InferenceError(f"{option} takes fold numbers, ranges (0-4) or 'all', comma-separated, not "
+                                 f"{quote(text)}") from None
+    return list(dict.fromkeys(out)) or None
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -85,6 +106,28 @@ def _print_status(folder: Path) -> None:
         typer.echo(f"{'all':<5}" + " ".join(f"{totals[c]:>11}" for c in columns))
 
 
+def load_models(models: list[Path], folds: list[int | str] | None, checkpoint: str) -> list:
+    """Fold models of every ``-m``: medseg run folders and nnU-Net v2 results folders alike."""
+    from medseg.inference import load_folds
+    from medseg.interop.nnunet import is_nnunet_folder, load_nnunet_folds
+
+    loaded = []
+    for model in models:
+        if is_nnunet_folder(model):
+            loaded += load_nnunet_folds(model, folds, checkpoint)
+        else:
+            loaded += load_folds([model], folds, checkpoint)
+    if len(loaded) > 1:
+        from medseg.errors import InferenceError
+        from medseg.inference.predictor import _preprocessing_key
+
+        for other in loaded[1:]:
+            if _preprocessing_key(other) != _preprocessing_key(loaded[0]):
+                raise InferenceError(f"{other.run_dir} was trained with other plans, configuration or patch than "
+                                     f"{loaded[0].run_dir}; an ensemble needs the same preprocessing", other.run_dir)
+    return loaded
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``predict`` command to ``app``."""
 
@@ -96,9 +139,12 @@ def register(app: typer.Typer) -> None:
                                             "--accession) or a DICOMweb study/series URL."),
         out: Path = typer.Option(None, "--output", "-o", help="Output folder (also holds ledger.sqlite)."),
         models: list[Path] = typer.Option(None, "--model", "-m",
-                                          help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K); repeat "
+                                          help="Run folder of `medseg train` (RUN_DIR or RUN_DIR/fold_K), an nnU-Net "
+                                               "v2 results folder, or an inference plan of `medseg select`; repeat "
                                                "for an ensemble of runs."),
-        folds: str = typer.Option(None, "--folds", "-f", help="Comma-separated folds (default: every fold_K)."),
+        folds: str = typer.Option(None, "--folds", "-f",
+                                  help="Folds: 0,1 or 0-4 (cross-validation models) or all (the model trained on "
+                                       "every case); default: every numbered fold, else fold_all."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
         tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation (trained axes)."),
         step: float = typer.Option(0.5, "--step", min=0.05, max=1.0, help="Window step as a fraction of the patch."),
@@ -180,11 +226,12 @@ def register(app: typer.Typer) -> None:
             _choice(item, ("nifti", "nrrd", "png", "dicom-seg", "dicom-rtstruct"), "--format")
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
-        fold_list = _folds(folds)
+        fold_list = parse_folds(folds)
         if save_samples and not samples:
             raise InferenceError("--save-samples needs --samples N (N ≥ 1)")
         from medseg.inference import Predictor, load_folds, run_batch
         from medseg.utils.files import FolderLock
+        from medseg.workflows.select import is_inference_plan, load_inference_plan
 
         if send_to:
             from medseg.pacs.address import parse_destination, require_pacs_extra
@@ -203,10 +250,39 @@ def register(app: typer.Typer) -> None:
         with FolderLock(out, "medseg predict", wait=wait, part=part):  # run_batch takes it again at no cost
             if remote:  # fetched into the output folder, under its lock
                 cases, input_manifest = inputs()
-            loaded = load_folds(models, fold_list, checkpoint)
-            predictor = Predictor(loaded, tta=tta, step=step, device=_rank_device(device, part), precision=precision,
-                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size, samples=samples,
-                                  sample_seed=sample_seed, keep_samples=save_samples)
+            options = {"tta": tta, "step": step, "device": _rank_device(device, part), "precision": precision,
+                       "stitch_device": stitch_device, "lcc": lcc, "batch_size": batch_size}
+            plans_given = [m for m in models if is_inference_plan(m)]
+            if plans_given:
+                from medseg.errors import InferenceError
+                from medseg.inference.predictor import EnsemblePredictor
+
+                if samples:
+                    raise InferenceError("--samples draws from one run's models, not from an inference plan of "
+                                         "`medseg select`", plans_given[0])
+                if len(models) != 1:
+                    raise InferenceError("an inference plan of `medseg select` is the only -m of its prediction",
+                                         plans_given[0])
+                plan = load_inference_plan(plans_given[0])
+                parts = [load_folds([m["run"]], [int(f) for f in m["folds"]] or None, checkpoint)
+                         for m in plan["models"]]
+                loaded = [f for part in parts for f in part]
+                if len(parts) == 1:
+                    predictor = Predictor(parts[0], postprocessing=plan.get("postprocessing"),
+                                          **options)  # type: ignore[arg-type]
+                else:
+                    predictor = EnsemblePredictor([Predictor(part, **options) for part in parts],  # type: ignore[arg-type]
+                                                  plan.get("postprocessing"))
+            else:
+                loaded = load_models(models, fold_list, checkpoint)
+                previous = None
+                if loaded[0].previous_stage_run is not None:  # a cascade: its previous stage predicts first
+                    earlier = load_models([loaded[0].previous_stage_run], None, checkpoint)
+                    previous = Predictor(earlier, **options)  # type: ignore[arg-type]
+                    loaded = loaded + earlier
+                predictor = Predictor([f for f in loaded if f.previous_stage_run is not None] if previous else loaded,
+                                      previous=previous, samples=samples, sample_seed=sample_seed,
+                                      keep_samples=save_samples, **options)  # type: ignore[arg-type]
             names = predictor.label_names
             label_info: dict[int, dict[str, object]] = {}
             if manifest is not None:
@@ -220,6 +296,7 @@ def register(app: typer.Typer) -> None:
                 "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
                 **({"label_info": {str(k): v for k, v in label_info.items()}} if label_info else {}),
+                "postprocessing": getattr(predictor, "postprocessing", {}),
             }
             if samples:
                 settings.update(samples=samples, sample_seed=sample_seed, save_samples=save_samples)

@@ -7,16 +7,19 @@ from pathlib import Path
 import typer
 
 
-def _folds(text: str) -> list[int] | str:
-    from medseg.errors import TrainingError
+def _folds(text: str) -> list[int | str]:
+    """``--fold``: fold numbers, ranges (``0-4``: the cross-validation folds) or ``all`` (every case, one model)."""
+    from medseg.cli.predict import parse_folds
+    from medseg.errors import MedsegError, TrainingError, quote
 
-    if text.strip().lower() == "all":
-        return "all"
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise TrainingError(f"--fold must be a fold number, a comma-separated list of them, or 'all', not {text!r}")\
-            from None
+        folds = parse_folds(text, "--fold")
+    except MedsegError:
+        folds = None
+    if not folds:
+        raise TrainingError(f"--fold must be a fold number, a range such as 0-4, comma-separated folds, or 'all', "
+                            f"not {quote(text)}")
+    return folds
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +29,9 @@ def register(app: typer.Typer) -> None:
     def train(
         plans: Path = typer.Argument(..., help="plans.json from `medseg plan`."),
         configuration: str = typer.Option("3d_fullres", "--config", "-c", help="Configuration of the plans to train."),
-        fold: str = typer.Option("0", "--fold", "-f", help="Fold number, comma-separated folds, or 'all'."),
+        fold: str = typer.Option("0", "--fold", "--folds", "-f",
+                                 help="Cross-validation fold(s): 0, 0,1 or 0-4; 'all' trains one model on every case "
+                                      "(nnU-Net's fold 'all', written to OUT/fold_all)."),
         model: str = typer.Option(None, "--model", help="Registry model instead of the plans' model."),
         epochs: int = typer.Option(None, "--epochs", min=1, help="Epochs (default 1000)."),
         iterations: int = typer.Option(None, "--iters-per-epoch", min=1, help="Iterations per epoch (default 250)."),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,31 +47,43 @@ class FoldModel:
         mirror_axes: Axes training mirrored over (all spatial axes when mirroring augmentation was on, else none).
         model: The network with the checkpoint's weights, in eval mode on the CPU.
         checkpoint: The checkpoint file.
+        ensemble: How several folds combine: ``probabilities`` (medseg: mean softmax) or ``logits`` (nnU-Net's
+            ``nnUNetPredictor``: mean logits).
+        regions_class_order: For region-based models (one sigmoid output per region, nnU-Net's
+            ``regions_class_order``): the class each region writes, in order; ``None`` for softmax models.
+        previous_stage_run: For a cascade stage: the previous stage's run (predicted first; its label map becomes
+            extra input channels).
     """
 
     run_dir: Path
-    fold: int
+    fold: int | str
     configuration: str
     plans: dict[str, Any]
     patch_size: list[int]
     mirror_axes: list[int]
     model: nn.Module
     checkpoint: Path
+    ensemble: str = "probabilities"
+    regions_class_order: list[int] | None = None
+    previous_stage_run: Path | None = None
 
 
-def _fold_dirs(run_dir: Path, folds: Sequence[int] | None) -> list[Path]:
+def _fold_dirs(run_dir: Path, folds: Sequence[int | str] | None) -> list[Path]:
+    """The fold folders: the numbered ones (default; ``fold_all`` when there are none), or those of ``folds``."""
     if not run_dir.is_dir():
         raise InferenceError("no such run folder", run_dir)
     if (run_dir / "plans.json").is_file() and (run_dir / "config.yaml").is_file():
         return [run_dir]
-    found = sorted((p for p in run_dir.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()),
-                   key=lambda p: int(p.name[5:]))
-    if folds is not None:
-        wanted = {int(f) for f in folds}
-        missing = wanted - {int(p.name[5:]) for p in found}
+    present = {p.name[5:]: p for p in run_dir.glob("fold_*") if p.is_dir()}
+    numbered = sorted((k for k in present if k.isdigit()), key=int)
+    if folds is None:
+        keys = numbered or [k for k in ("all",) if k in present]
+    else:
+        keys = [str(f) for f in folds]
+        missing = [k for k in keys if k not in present]
         if missing:
-            raise InferenceError(f"no fold folder for fold(s) {sorted(missing)}", run_dir)
-        found = [p for p in found if int(p.name[5:]) in wanted]
+            raise InferenceError(f"no fold folder for fold(s) [{', '.join(missing)}]", run_dir)
+    found = [present[k] for k in keys]
     if not found:
         raise InferenceError("not a run folder of `medseg train` (no fold_K/ with plans.json and config.yaml)", run_dir)
     return found
@@ -102,7 +114,11 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     cfg = configuration_of(plans, configuration)
     from medseg.models import create_model_from_plans
 
-    model = create_model_from_plans(cfg.model.as_dict(), config.get("model") or state.get("model_name") or None,
+    entry = cfg.model.as_dict()
+    regions = config.get("regions")
+    if regions:  # region-based training: one sigmoid output per region
+        entry["out_channels"] = len(regions)
+    model = create_model_from_plans(entry, config.get("model") or state.get("model_name") or None,
                                     config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)))
     try:
         model.load_state_dict(state["model"])
@@ -117,8 +133,14 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
 
     model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
     model.eval()
-    return FoldModel(run_dir=fold_dir, fold=int(state.get("fold", -1)), configuration=configuration, plans=plans,
-                     patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path)
+    fold = state.get("fold", -1)
+    return FoldModel(run_dir=fold_dir, fold=fold if fold == "all" else int(fold), configuration=configuration,
+                     plans=plans,
+                     patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path,
+                     ensemble="logits" if regions else "probabilities",
+                     regions_class_order=[int(c) for c in config.get("regions_class_order") or []] or None,
+                     previous_stage_run=Path(config["previous_stage_run"]) if cfg.previous_stage and
+                     config.get("previous_stage_run") else None)
 
 
 def load_folds(run_dirs: Sequence[str | Path], folds: Sequence[int] | None = None,
@@ -146,8 +168,8 @@ def _preprocessing_key(fold: FoldModel) -> str:
     preprocessing = {"spacing": cfg.spacing, "transpose_forward": cfg.transpose_forward,
                      "transpose_backward": cfg.transpose_backward, "normalization": cfg.normalization,
                      "resampling": cfg.resampling}
-    return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes},
-                      sort_keys=True)
+    return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes,
+                       "regions": fold.regions_class_order}, sort_keys=True)
 
 
 def largest_component_per_class(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
@@ -166,6 +188,41 @@ def largest_component_per_class(labels: np.ndarray, classes: Sequence[int] | Non
         sizes[0] = 0
         out[mask & (components != int(sizes.argmax()))] = 0
     return out
+
+
+def _largest_mask(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import label as connected
+
+    components, n = connected(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(sizes.argmax())
+
+
+def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
+    """All foreground classes as one mask: voxels outside its largest 26-connected component become 0."""
+    out = labels.copy()
+    mask = labels > 0
+    out[mask & ~_largest_mask(mask)] = 0
+    return out
+
+
+def apply_postprocessing(labels: np.ndarray, postprocessing: Mapping[str, Any] | None) -> np.ndarray:
+    """Postprocessing chosen on cross-validation (``medseg select``).
+
+    The largest component of all foreground (``largest_component_all_foreground``), then of each class listed in
+    ``largest_component_classes``.
+    """
+    if not postprocessing:
+        return labels
+    if postprocessing.get("largest_component_all_foreground"):
+        labels = keep_largest_foreground(labels)
+    classes = [int(c) for c in postprocessing.get("largest_component_classes") or []]
+    if classes:
+        labels = largest_component_per_class(labels, classes)
+    return labels
 
 
 @dataclass
@@ -224,12 +281,16 @@ class Predictor:
             :mod:`medseg.inference.uncertainty`); 0: one deterministic prediction.
         sample_seed: Seed of the first draw (draw ``s`` uses ``sample_seed + s``).
         keep_samples: Keep each draw's label map (``Prediction.uncertainty.samples``).
+        postprocessing: Postprocessing of an inference plan of ``medseg select`` (:func:`apply_postprocessing`).
+        previous: For a cascade stage (``3d_cascade_fullres``): the predictor of its previous stage; its label map
+            of the case, preprocessed with the image as nnU-Net does, is appended one-hot to the input.
     """
 
     def __init__(self, folds: Sequence[FoldModel], *, tta: bool = True, step: float = 0.5,
                  device: str = "auto", precision: Precision = "auto", stitch_device: str = "auto",
                  stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None, samples: int = 0,
-                 sample_seed: int = 0, keep_samples: bool = False) -> None:
+                 sample_seed: int = 0, keep_samples: bool = False, postprocessing: Mapping[str, Any] | None = None,
+                 previous: Predictor | None = None) -> None:
         from medseg.preprocessing import configuration_of
 
         if not folds:
@@ -253,15 +314,30 @@ class Predictor:
         self.device = resolve_device(device)
         self.lcc = lcc
         self.tta = tta
+        self.postprocessing = dict(postprocessing or {})
+        self.previous = previous
+        if self.cfg.previous_stage and previous is None:
+            raise InferenceError(f"{self.configuration} is a cascade stage: it needs its {self.cfg.previous_stage} "
+                                 "run to predict first (recorded as previous_stage_run, or a sibling nnU-Net "
+                                 "folder)", first.run_dir)
+        self.regions_class_order = first.regions_class_order
+        modes = {f.ensemble for f in self.folds}
+        # nnU-Net's folds average logits; medseg's average probabilities; a mixed ensemble averages probabilities
+        self.ensemble = modes.pop() if len(modes) == 1 else "probabilities"
+        if self.regions_class_order is not None and self.ensemble != "logits":
+            raise InferenceError("region-based models ensemble by their logits only (nnU-Net's rule)",
+                                 first.run_dir)
         self.window = SlidingWindowPredictor(
             [f.model for f in self.folds], first.patch_size, step=step,
             mirror_axes=first.mirror_axes if tta else (), device=self.device, precision=precision,
             stitch_device=stitch_device, stitch_dtype=stitch_dtype,  # type: ignore[arg-type]
-            batch_size=batch_size)
+            batch_size=batch_size, ensemble=self.ensemble)  # type: ignore[arg-type]
 
     @property
     def num_classes(self) -> int:
-        """Output classes (including background)."""
+        """Output classes (including background); for region-based models, the largest class a region writes + 1."""
+        if self.regions_class_order is not None:
+            return max(self.regions_class_order) + 1
         return self.cfg.num_classes
 
     @property
@@ -278,6 +354,17 @@ class Predictor:
         expected = self.cfg.num_channels
         require_3d(image, where, channels=expected)
         check_finite(image, where)
+        if self.previous is not None:  # the cascade: the previous stage's label map, preprocessed with the image
+            start = time.perf_counter()
+            earlier = self.previous.predict(image, case_id)
+            seconds = {"previous_stage": time.perf_counter() - start}
+            start = time.perf_counter()
+            data, seg, properties = preprocess_case(image, self.plans, self.configuration,
+                                                    label=np.asarray(earlier.labels[0]))
+            onehot = np.stack([(seg[0] == c) for c in range(1, self.cfg.num_classes)]).astype(np.float32)
+            data = np.concatenate([data, onehot])
+            seconds["preprocess"] = time.perf_counter() - start
+            return PreparedCase(case_id, image, data, properties, seconds)
         start = time.perf_counter()
         data, _, properties = preprocess_case(image, self.plans, self.configuration)
         return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
@@ -294,9 +381,11 @@ class Predictor:
             summary = None
             exported = self._export(case, None, seconds, probabilities)
             labels, native_probabilities = exported.labels, exported.probabilities
-        if self.lcc:
+        if self.lcc or self.postprocessing:
             start = time.perf_counter()
-            labels = largest_component_per_class(labels)
+            labels = apply_postprocessing(labels, self.postprocessing)
+            if self.lcc:
+                labels = largest_component_per_class(labels)
             seconds["postprocess"] = time.perf_counter() - start
         meta = dict(getattr(case.image, "meta", {}) or {})
         affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
@@ -320,7 +409,7 @@ class Predictor:
         resample_device = self.device if self.device.type == "cuda" else values.device
         exported = export_segmentation(values, case.properties, self.cfg.resampling,
                                        kind=self.window.output_kind, device=resample_device,
-                                       probabilities=probabilities)
+                                       probabilities=probabilities, regions_class_order=self.regions_class_order)
         del values
         seconds["export"] = seconds.get("export", 0.0) + time.perf_counter() - start
         return exported
@@ -336,6 +425,67 @@ class Predictor:
         summary = accumulator.result()
         seconds["export"] += time.perf_counter() - start
         return summary
+
+    def predict(self, image: Any, case_id: str = "case", *, probabilities: bool = False) -> Prediction:
+        """Preprocess, predict and export one loaded image."""
+        return self.predict_prepared(self.prepare(case_id, image), probabilities=probabilities)
+
+
+class EnsemblePredictor:
+    """Runs with different preprocessing (e.g. ``2d`` and ``3d_fullres``) as one predictor.
+
+    For ``medseg select``'s pair ensembles: each run predicts with its own preprocessing and window, their
+    probabilities are averaged on the input's native grid (nnU-Net's ``nnUNetv2_ensemble``), then argmax and the
+    plan's postprocessing.
+
+    Args:
+        predictors: One :class:`Predictor` per run (same classes).
+        postprocessing: The plan's postprocessing (:func:`apply_postprocessing`).
+    """
+
+    def __init__(self, predictors: Sequence[Predictor], postprocessing: Mapping[str, Any] | None = None) -> None:
+        if not predictors:
+            raise InferenceError("no runs to ensemble")
+        self.predictors = list(predictors)
+        first = self.predictors[0]
+        if any(p.num_classes != first.num_classes for p in self.predictors):
+            raise InferenceError("the runs of an ensemble must predict the same classes")
+        self.device = first.device
+        self.postprocessing = dict(postprocessing or {})
+
+    @property
+    def num_classes(self) -> int:
+        """Output classes (including background)."""
+        return self.predictors[0].num_classes
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Label value → name (the first run's)."""
+        return self.predictors[0].label_names
+
+    def prepare(self, case_id: str, image: Any) -> PreparedCase:
+        """Preprocess the image once per run."""
+        parts = [p.prepare(case_id, image) for p in self.predictors]
+        seconds = {"preprocess": sum(part.seconds.get("preprocess", 0.0) for part in parts)}
+        return PreparedCase(case_id, image, np.zeros(0, dtype=np.float32), {"parts": parts}, seconds)
+
+    def predict_prepared(self, case: PreparedCase, *, probabilities: bool = False) -> Prediction:
+        """Each run's native probabilities, averaged, then argmax and postprocessing."""
+        parts = case.properties["parts"]
+        results = [p.predict_prepared(part, probabilities=True) for p, part in zip(self.predictors, parts,
+                                                                                     strict=True)]
+        mean = np.mean([np.asarray(r.probabilities, dtype=np.float32) for r in results], axis=0)
+        seconds = dict(case.seconds)
+        for key in ("predict", "export"):
+            seconds[key] = sum(r.seconds.get(key, 0.0) for r in results)
+        start = time.perf_counter()
+        labels = apply_postprocessing(mean.argmax(0).astype(np.uint8 if mean.shape[0] <= 256 else np.int16),
+                                      self.postprocessing)
+        seconds["postprocess"] = time.perf_counter() - start
+        image = results[0].labels.clone()
+        image[0] = torch.from_numpy(labels.astype(np.asarray(image[0]).dtype))
+        return Prediction(labels=image, probabilities=mean.astype(np.float16) if probabilities else None,
+                          seconds=seconds, window_stats=results[0].window_stats)
 
     def predict(self, image: Any, case_id: str = "case", *, probabilities: bool = False) -> Prediction:
         """Preprocess, predict and export one loaded image."""

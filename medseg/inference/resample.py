@@ -141,6 +141,7 @@ def export_segmentation(
     device: torch.device | str | None = None,
     probabilities: bool = False,
     class_chunk: int | None = None,
+    regions_class_order: Sequence[int] | None = None,
 ) -> ExportResult:
     """Map a stitched prediction from the preprocessed grid back to the native grid, then argmax.
 
@@ -159,6 +160,10 @@ def export_segmentation(
         probabilities: Also return the probabilities on the native grid (float16, ``K ×`` native size in host
             memory).
         class_chunk: Classes per chunk (default from the free memory).
+        regions_class_order: Region-based prediction (nnU-Net's ``LabelManager`` with regions): ``values`` holds
+            one sigmoid logit (or probability) per region; region ``i`` writes class ``regions_class_order[i]``
+            where its probability exceeds 0.5, regions in order (later ones overwrite), instead of an argmax.
+            Probabilities are then the per-region sigmoids (0 outside the crop).
 
     Returns:
         The label map (and probabilities) in image axis order.
@@ -174,21 +179,27 @@ def export_segmentation(
     voxels_out = int(np.prod(crop_shape))
     chunk = class_chunk or _class_chunk(num_classes, voxels_in, voxels_out, device)
     best = torch.full(crop_shape, -torch.inf, dtype=torch.float32, device=device)
-    label_dtype = torch.uint8 if num_classes <= 256 else torch.int16
+    top = max(regions_class_order) + 1 if regions_class_order is not None else num_classes
+    label_dtype = torch.uint8 if top <= 256 else torch.int16
     labels = torch.zeros(crop_shape, dtype=label_dtype, device=device)
     probs_native = np.zeros((num_classes, *crop_shape), dtype=np.float16) if probabilities else None
+    threshold = 0.0 if kind == "logits" else 0.5  # sigmoid(logit) > 0.5 exactly when logit > 0
     for first in range(0, num_classes, chunk):
         part = values[first:first + chunk].to(device=device, dtype=torch.float32)
         out = resample_to_shape(part, crop_shape, int(orders["order"]), int(orders["order_z"]), axis)
         del part
         for k in range(out.shape[0]):
+            if regions_class_order is not None:
+                labels[out[k] > threshold] = int(regions_class_order[first + k])
+                continue
             better = out[k] > best
             best = torch.where(better, out[k], best)
             labels[better] = first + k
         if probs_native is not None:
-            probs_native[first:first + out.shape[0]] = out.cpu().numpy().astype(np.float16)
+            chunk_values = torch.sigmoid(out) if regions_class_order is not None and kind == "logits" else out
+            probs_native[first:first + out.shape[0]] = chunk_values.cpu().numpy().astype(np.float16)
         del out
-    if probs_native is not None and kind == "logits":
+    if probs_native is not None and kind == "logits" and regions_class_order is None:
         _softmax_in_place(probs_native, best.cpu().numpy())
     label_array = labels.cpu().numpy()
 
@@ -202,7 +213,8 @@ def export_segmentation(
     native_probs = None
     if probs_native is not None:
         p_full = np.zeros((num_classes, *full_t), dtype=np.float16)
-        p_full[0] = 1.0
+        if regions_class_order is None:
+            p_full[0] = 1.0
         p_full[(slice(None), *slicer)] = probs_native
         native_probs = np.ascontiguousarray(p_full.transpose([0, *(a + 1 for a in backward)]))
     return ExportResult(labels=full, probabilities=native_probs, class_chunk=chunk, device=str(device))

@@ -12,9 +12,9 @@ The windowing is nnU-Net v2's (Isensee et al., *nnU-Net*, Nature Methods 18, 202
 - mirroring test-time augmentation (``_internal_maybe_mirror_and_predict``): the logits of every combination of
   flips over the mirror axes (8 passes for three axes) are averaged per window.
 
-Several models (a fold ensemble) are run on every window and their softmax probabilities averaged, so one pass
-over the volume and one stitching buffer serve the whole ensemble; a single model stitches its logits, as
-nnU-Net does.
+Several models (a fold ensemble) are run on every window and their softmax probabilities averaged (or, with
+``ensemble="logits"``, their logits, as nnU-Net's ``nnUNetPredictor`` averages its folds), so one pass over the
+volume and one stitching buffer serve the whole ensemble; a single model stitches its logits, as nnU-Net does.
 
 **Samples** of stochastic networks (latent-variable models such as the Probabilistic U-Net, or any network with
 dropout layers: Monte-Carlo dropout) are drawn by the same pass: ``predict(data, sample=s)`` runs every window inside
@@ -223,6 +223,8 @@ class SlidingWindowPredictor:
             ``fp32``; values are always combined in fp32 and only stored in this dtype.
         batch_size: Windows per batch; default :data:`CPU_BATCH_SIZE` on the CPU, on CUDA measured from a probe
             window and the free memory (at most :data:`MAX_CUDA_BATCH_SIZE`).
+        ensemble: How several models combine: ``probabilities`` (mean softmax) or ``logits`` (mean logits,
+            nnU-Net's fold ensemble; also what region-based sigmoid models need).
     """
 
     def __init__(
@@ -237,9 +239,13 @@ class SlidingWindowPredictor:
         stitch_device: str = "auto",
         stitch_dtype: Literal["auto", "fp16", "fp32"] = "auto",
         batch_size: int | None = None,
+        ensemble: Literal["probabilities", "logits"] = "probabilities",
     ) -> None:
         if not models:
             raise ValueError("at least one model is needed")
+        if ensemble not in ("probabilities", "logits"):
+            raise ValueError(f"ensemble must be 'probabilities' or 'logits', not {ensemble!r}")
+        self.ensemble = ensemble
         self.device = resolve_device(device)
         self.models = [m.to(self.device).eval() for m in models]
         self.patch = [int(p) for p in patch_size]
@@ -260,8 +266,8 @@ class SlidingWindowPredictor:
 
     @property
     def output_kind(self) -> str:
-        """``logits`` for a single model, ``probabilities`` for an ensemble."""
-        return "logits" if len(self.models) == 1 else "probabilities"
+        """``logits`` for a single model or a logit ensemble, ``probabilities`` for a probability ensemble."""
+        return "logits" if len(self.models) == 1 or self.ensemble == "logits" else "probabilities"
 
     # Window evaluation ---------------------------------------------------------------------------------------------
 
@@ -295,13 +301,15 @@ class SlidingWindowPredictor:
     @torch.no_grad()
     def predict_windows(self, x: torch.Tensor, track: list[tuple[str, tuple[int, ...], int]] | None = None
                         ) -> torch.Tensor:
-        """Logits (one model) or mean softmax probabilities (ensemble) of a window batch on the compute device."""
+        """Logits (one model), mean softmax probabilities or mean logits (ensemble) of a window batch."""
         track = [] if track is None else track
         if len(self.models) == 1:
             return self._mirrored(self.models[0], x, track)
         mean: torch.Tensor | None = None
         for i, model in enumerate(self.models):
-            probs = torch.softmax(self._mirrored(model, x, track if i == 0 else []), 1)
+            probs = self._mirrored(model, x, track if i == 0 else [])
+            if self.ensemble == "probabilities":
+                probs = torch.softmax(probs, 1)
             mean = probs if mean is None else mean.add_(probs)
         assert mean is not None
         _track(track, "ensemble mean", mean)

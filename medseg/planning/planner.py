@@ -7,7 +7,8 @@ segmentation", Nature Methods 18, 203-211, 2021; ``nnunetv2/experiment_planning/
 
 - target spacing: the median spacing, except that an axis more than 3x coarser than the others with more than 3x
   fewer voxels takes its 10th-percentile spacing (never finer than the other axes);
-- the coarsest axis is transposed to the front (the 2D configuration works on the two other axes);
+- the coarsest axis is transposed to the front (the 2D configuration works on the two other axes), in nnU-Net's
+  axis order (:func:`transpose_for`);
 - topology (``get_pool_and_conv_props``): an axis is pooled while its feature map stays at least 8 voxels and its
   current spacing is within 2x of the finest; its kernel is 1 until its spacing is within 2x of the finest;
 - patch size: an initial patch shaped like ``1/spacing`` of 256^3 (3D) or 2048^2 (2D) voxels, clipped to the
@@ -382,7 +383,12 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
 
 
 def transpose_for(spacing: Sequence[float], shapes: np.ndarray | None = None) -> tuple[list[int], list[int]]:
-    """``transpose_forward`` (coarsest axis first, the others in order) and its inverse ``transpose_backward``.
+    """``transpose_forward`` (coarsest axis first) and its inverse ``transpose_backward``, as nnU-Net transposes.
+
+    nnU-Net's rule applied to SimpleITK's ``z, y, x`` arrays (medseg's stored ``x, y, z`` order reversed): the
+    coarsest axis first — of equally coarse axes the last stored one (z of a NIfTI) — then the others in decreasing
+    stored order. The transposed arrays are thus exactly nnU-Net's: the ``2d`` configuration of 3 mm isotropic BraTS
+    runs on axial slices as nnU-Net's does, and patch sizes list their axes in nnU-Net's order.
 
     An axis along which every case is a single slice (2D pictures loaded as ``(C, X, Y, 1)``) goes first whatever
     its spacing, as nnU-Net's fake 999 mm spacing of 2D images puts it: the ``2d`` configuration then runs in the
@@ -393,8 +399,12 @@ def transpose_for(spacing: Sequence[float], shapes: np.ndarray | None = None) ->
         if flat:
             forward = [flat[0]] + [a for a in range(len(spacing)) if a != flat[0]]
             return forward, [forward.index(a) for a in range(len(spacing))]
-    worst = int(np.argmax(np.asarray(spacing)))
-    forward = [worst] + [a for a in range(len(spacing)) if a != worst]
+    # nnU-Net works on SimpleITK's arrays, whose axes are medseg's (the stored order) reversed: its np.argmax of the
+    # spacing, then its remaining axes in increasing order, are here the last coarsest axis, then the others in
+    # decreasing order; so medseg's transposed arrays are nnU-Net's (isotropic data are sliced along z, as there)
+    values = np.asarray(spacing, dtype=np.float64)
+    worst = len(values) - 1 - int(np.argmax(values[::-1]))
+    forward = [worst] + [a for a in reversed(range(len(spacing))) if a != worst]
     backward = [forward.index(a) for a in range(len(spacing))]
     return forward, backward
 

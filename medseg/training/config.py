@@ -83,7 +83,15 @@ class TrainConfig:
         momentum: SGD momentum (0.99).
         poly_exponent: Poly decay exponent: ``lr · (1 - epoch / epochs) ** exponent`` (0.9).
         grad_clip: Gradient-norm clipping (12; 0 disables).
-        loss: ``dice_ce`` (nnU-Net), ``dice_focal``, ``generalised_dice`` or ``focal_tversky``.
+        loss: ``dice_ce`` (nnU-Net), ``dice_focal``, ``generalised_dice``, ``focal_tversky``, or ``dice_bce``
+            (region-based; the loss whenever ``regions`` is set).
+        regions: Region-based training (nnU-Net's regions, e.g. BraTS ``[[1, 2, 3], [2, 3], [3]]``): one sigmoid
+            output per region (a set of label values), Dice + BCE; ``None``: one softmax output per label.
+        previous_stage_run: For a cascade stage (``3d_cascade_fullres``): the run folder of its previous stage
+            (``3d_lowres``), whose folds' final validation wrote the predictions this stage trains on, and which
+            ``medseg predict`` runs first.
+        regions_class_order: With ``regions``: the label value each region writes when predicted, in order (later
+            regions overwrite earlier ones), e.g. ``[1, 2, 3]``.
         deep_supervision: Weighted loss on every decoder resolution (when the model supports it).
         batch_dice: Dice over the whole batch; ``None`` takes the plans' ``batch_dice``.
         oversample_foreground: Fraction of each batch forced to contain foreground (last samples; 0.33).
@@ -118,7 +126,10 @@ class TrainConfig:
     momentum: float = 0.99
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
-    loss: Literal["dice_ce", "dice_focal", "generalised_dice", "focal_tversky"] = "dice_ce"
+    loss: Literal["dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "dice_bce"] = "dice_ce"
+    regions: list[list[int]] | None = None
+    regions_class_order: list[int] | None = None
+    previous_stage_run: str | None = None
     deep_supervision: bool = True
     batch_dice: bool | None = None
     oversample_foreground: float = 0.33
@@ -151,3 +162,11 @@ class TrainConfig:
             self.device = parse_device(self.device, "device")
         except MedsegError as exc:
             raise ValueError(exc.problem) from None
+        if self.regions is not None or self.regions_class_order is not None:
+            regions, order = self.regions or [], self.regions_class_order or []
+            if not regions or len(order) != len(regions):
+                raise ValueError(f"regions and regions_class_order need one entry per region, got {len(regions)} "
+                                 f"regions and {len(order)} classes")
+            if any(not r or any(int(v) <= 0 for v in r) for r in regions) or any(int(c) <= 0 for c in order):
+                raise ValueError("each region is a non-empty list of foreground label values (> 0), and each "
+                                 "region writes a foreground class")

@@ -110,6 +110,10 @@ class BatchDataset(torch.utils.data.Dataset):
         stream: :data:`TRAIN_STREAM` or :data:`VAL_STREAM` (separate random streams).
         augmentation: Augmentation settings (``enabled=False`` for validation batches).
         oversample_foreground: Fraction of each global batch forced to contain foreground.
+        previous: The cascade's previous-stage predictions (case → ``.npz`` on this stage's grid,
+            :mod:`medseg.training.cascade`): cropped and spatially augmented with the labels, appended one-hot
+            (labels 1…``num_classes - 1``) to the image, and augmented as nnU-Net does when ``augmentation`` is on.
+        num_classes: Classes including background (with ``previous``).
     """
 
     def __init__(
@@ -125,8 +129,13 @@ class BatchDataset(torch.utils.data.Dataset):
         stream: int,
         augmentation: AugmentationConfig,
         oversample_foreground: float = 0.33,
+        previous: dict[str, str] | None = None,
+        num_classes: int = 0,
     ) -> None:
         self.folder = str(folder)
+        self.previous = dict(previous or {})
+        self.num_classes = num_classes
+        self.augment_previous = augmentation.enabled
         self.case_ids = list(case_ids)
         self.patch_size = [int(p) for p in patch_size]
         self.global_batch = global_batch
@@ -166,12 +175,37 @@ class BatchDataset(torch.utils.data.Dataset):
         force = force_foreground(index, self.global_batch, self.oversample)
         lower = bbox_for(case["data"].shape[1:], self.initial_patch, self.need_to_pad, case["locations"], force, rng)
         image = torch.from_numpy(crop_padded(case["data"], lower, self.initial_patch, 0.0))
-        seg = torch.from_numpy(crop_padded(case["seg"], lower, self.initial_patch, -1))
+        seg_np = crop_padded(case["seg"], lower, self.initial_patch, -1)
+        if self.previous:  # the previous stage's mask travels with the labels through the spatial augmentation
+            prev = crop_padded(self._previous_seg(case_id, case["seg"].shape), lower, self.initial_patch, 0)
+            seg_np = np.concatenate([seg_np, prev.astype(seg_np.dtype)])
+        seg = torch.from_numpy(seg_np)
         if self.slices:
             image, seg = image[:, 0], seg[:, 0]
         image, seg = self.augmenter(image, seg, rng)
+        if self.previous:
+            from medseg.training.cascade import augment_previous, one_hot_foreground
+
+            onehot = one_hot_foreground(seg[1:], self.num_classes)
+            if self.augment_previous:
+                onehot = augment_previous(onehot, rng)
+            image, seg = torch.cat([image, onehot.to(image.dtype)]), seg[:1]
         seg = torch.where(seg < 0, torch.zeros_like(seg), seg)
         return image, seg, case_id
+
+    def _previous_seg(self, case_id: str, shape: tuple[int, ...]) -> np.ndarray:
+        key = f"previous:{case_id}"
+        if key not in self._cases:
+            with np.load(self.previous[case_id]) as stored:
+                seg = np.asarray(stored["seg"], dtype=np.int16)
+            if tuple(seg.shape) != tuple(shape):
+                from medseg.errors import TrainingError
+
+                raise TrainingError(f"the previous stage's prediction has shape {seg.shape[1:]}, this stage's case "
+                                    f"{case_id} {tuple(shape[1:])} (was it written for other plans?)",
+                                    self.previous[case_id])
+            self._cases[key] = {"seg": seg}
+        return self._cases[key]["seg"]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         epoch, iteration = divmod(int(index), self.iterations)

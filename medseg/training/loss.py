@@ -8,6 +8,11 @@
 - ``dice_focal``: MONAI ``DiceLoss`` + ``FocalLoss`` on the softmax (γ = 2), both without the background (MONAI's
   ``DiceFocalLoss`` applies a sigmoid in its focal term, which does not fit mutually exclusive classes).
 - ``generalised_dice``: MONAI ``GeneralizedDiceLoss`` (no background).
+- ``dice_bce`` (region-based training, nnU-Net's ``DC_and_BCE_loss``): the integer labels become one binary mask per
+  region (a region is a set of labels, BraTS' whole tumour / tumour core / enhancing tumour), the network has one
+  sigmoid output per region, and the loss is ``BCEWithLogits`` + soft Dice on the sigmoids of every region channel
+  (``do_bg=True``: there is no background channel), ``-dice`` as in ``dice_ce``. Chosen automatically when the
+  training config names ``regions``.
 - ``focal_tversky``: Abraham and Khan 2019: ``mean_c (1 - TI_c)^(3/4)`` with Tversky index
   ``TI = (tp + s) / (tp + 0.7·fn + 0.3·fp + s)`` over the foreground classes.
 
@@ -33,7 +38,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("dice_ce", "dice_focal", "generalised_dice", "focal_tversky")
+LOSSES = ("dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "dice_bce")
+
+
+def regions_to_masks(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``(B, 1, *spatial)`` integer labels to ``(B, R, *spatial)`` float masks, one per region (a set of labels).
+
+    nnU-Net's ``ConvertSegmentationToRegionsTransform``: channel ``r`` is 1 where the label is one of ``regions[r]``.
+    """
+    masks = [torch.isin(target[:, 0], torch.as_tensor(list(r), device=target.device, dtype=target.dtype))
+             for r in regions]
+    return torch.stack(masks, 1).float()
+
+
+class RegionDiceBCELoss(nn.Module):
+    """nnU-Net's ``DC_and_BCE_loss`` for region-based training: ``BCEWithLogits`` + soft Dice of the sigmoids.
+
+    Args:
+        regions: The label sets of the network's output channels, in order.
+        batch_dice: One Dice per region over the batch (the global batch under DDP) instead of per sample.
+        smooth: Added to numerator and denominator.
+    """
+
+    def __init__(self, regions: Sequence[Sequence[int]], batch_dice: bool = False, smooth: float = 1e-5) -> None:
+        super().__init__()
+        self.regions = [tuple(int(v) for v in r) for r in regions]
+        self.batch_dice, self.smooth = batch_dice, smooth
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of ``(B, R, *spatial)`` logits against ``(B, 1, *spatial)`` integer labels."""
+        y = regions_to_masks(target.long(), self.regions)
+        logits = logits.float()
+        probs = torch.sigmoid(logits)
+        axes = tuple(range(2, logits.ndim))
+        intersect = (probs * y).sum(axes)
+        sum_pred, sum_gt = probs.sum(axes), y.sum(axes)
+        if self.batch_dice:
+            intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+            intersect, sum_pred, sum_gt = _sum_over_processes(torch.stack([intersect, sum_pred, sum_gt]))
+        dice = (2 * intersect + self.smooth) / torch.clamp(sum_gt + sum_pred + self.smooth, min=1e-8)
+        return self.bce(logits, y) - dice.mean()
 
 
 def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -154,10 +199,16 @@ class _SumLoss(nn.Module):
         return sum((loss(logits, target) for loss in self.losses), logits.new_zeros((), dtype=torch.float32))
 
 
-def build_loss(name: str, batch_dice: bool) -> nn.Module:
-    """The loss ``name`` (one of :data:`LOSSES`) for logits and integer labels."""
+def build_loss(name: str, batch_dice: bool, regions: Sequence[Sequence[int]] | None = None) -> nn.Module:
+    """The loss ``name`` (one of :data:`LOSSES`) for logits and integer labels (``dice_bce``: with ``regions``)."""
     from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss
 
+    if regions:
+        if name not in ("dice_ce", "dice_bce"):
+            raise ValueError(f"region-based training uses the dice_bce loss, not {name!r}")
+        return RegionDiceBCELoss(regions, batch_dice=batch_dice)
+    if name == "dice_bce":
+        raise ValueError("the dice_bce loss needs regions (set regions and regions_class_order)")
     if name == "dice_ce":
         return DiceCELoss(batch_dice=batch_dice)
     if name == "dice_focal":

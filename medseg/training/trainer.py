@@ -78,10 +78,36 @@ def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
 
 
 def build_model(cfg: Configuration, config: TrainConfig) -> nn.Module:
-    """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured."""
+    """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured.
+
+    Region-based training (``config.regions``) gives the network one output per region instead of one per label.
+    """
     from medseg.models import create_model_from_plans
 
-    return create_model_from_plans(cfg.model.as_dict(), config.model, config.model_kwargs, config.deep_supervision)
+    entry = cfg.model.as_dict()
+    if config.regions:
+        entry["out_channels"] = len(config.regions)
+    return create_model_from_plans(entry, config.model, config.model_kwargs, config.deep_supervision)
+
+
+def labels_from_regions(logits: torch.Tensor, regions_class_order: Sequence[int], threshold: float = 0.0
+                        ) -> torch.Tensor:
+    """Label map of region logits ``(R, *spatial)`` (nnU-Net's ``LabelManager``).
+
+    Region ``r`` writes ``regions_class_order[r]`` where its sigmoid exceeds 0.5 (logit > 0), later regions over
+    earlier ones.
+    """
+    labels = torch.zeros(logits.shape[1:], dtype=torch.int16, device=logits.device)
+    for r, value in enumerate(regions_class_order):
+        labels[logits[r] > threshold] = int(value)
+    return labels
+
+
+def region_tp_fp_fn(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per region ``[tp, fp, fn]`` (shape ``(3, R)``) of binary masks ``(B, R, *spatial)``, summed over the rest."""
+    p, t = prediction.bool(), target.bool()
+    axes = (0, *range(2, p.ndim))
+    return torch.stack([(p & t).sum(axes), (p & ~t).sum(axes), (~p & t).sum(axes)]).double()
 
 
 def _check_batch_norm_at_batch_one(cfg: Configuration, config: TrainConfig, patch: Sequence[int]) -> None:
@@ -152,9 +178,9 @@ def dice_from_counts(counts: torch.Tensor) -> list[float]:
 
 @dataclass
 class FoldSpec:
-    """What one fold trains on and where it writes."""
+    """What one fold trains on and where it writes (``fold`` ``"all"``: every case, validated on every case)."""
 
-    fold: int
+    fold: int | str
     train_ids: list[str]
     val_ids: list[str]
     run_dir: Path
@@ -165,14 +191,18 @@ class FoldTrainer:
 
     def __init__(self, plans: dict[str, Any], configuration: str, config: TrainConfig, spec: FoldSpec,
                  splits: list[dict[str, list[str]]], cache_folder: Path, info: DistInfo, device: torch.device,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, previous: dict[str, str] | None = None) -> None:
         from medseg.preprocessing import configuration_of
+
+        self.previous = dict(previous or {})  # cascade: case → previous-stage prediction on this stage's grid
 
         self.plans, self.configuration, self.config, self.spec = plans, configuration, config, spec
         self.splits, self.cache_folder, self.info, self.device = splits, cache_folder, info, device
         self.stream = stream
         self.cfg = configuration_of(plans, configuration)
         self.num_classes = self.cfg.num_classes
+        self.regions = [list(r) for r in config.regions] if config.regions else None
+        self.n_scores = len(self.regions) if self.regions else self.num_classes - 1
         self.patch = [int(p) for p in (config.patch_size or self.cfg.patch_size)]
         if len(self.patch) != self.cfg.spatial_dims:
             dims, planned = self.cfg.spatial_dims, list(self.cfg.patch_size)
@@ -205,7 +235,7 @@ class FoldTrainer:
                 weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice),
+        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice, self.regions),
                                         getattr(self.model, "loss_weights", ()))
         #: The model's own objective (``training_loss``), which replaces ``self.loss`` and takes the label as input.
         self.objective = model_objective(self.model)
@@ -330,7 +360,8 @@ class FoldTrainer:
         c = self.config
         common = {"folder": self.cache_folder, "patch_size": self.patch, "global_batch": self.global_batch,
                   "sample_offset": self.sample_offset, "local_batch": self.local_batch, "seed": c.seed,
-                  "oversample_foreground": c.oversample_foreground}
+                  "oversample_foreground": c.oversample_foreground, "previous": self.previous,
+                  "num_classes": self.num_classes}
         train = BatchDataset(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch, stream=TRAIN_STREAM,
                              augmentation=c.augmentation, **common)
         from dataclasses import replace
@@ -359,7 +390,7 @@ class FoldTrainer:
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any]) -> tuple[float, torch.Tensor]:
-        """Loss and ``[tp, fp, fn]`` per foreground class of one validation batch (full-resolution output).
+        """Loss and ``[tp, fp, fn]`` per foreground class (or region) of one validation batch (full resolution).
 
         A model with its own objective is scored with it on the label-conditioned pass, and its Dice counts come
         from the pass without the label (what prediction sees).
@@ -375,6 +406,10 @@ class FoldTrainer:
                 if isinstance(output, (list, tuple)):
                     output = output[0]
                 loss = self.loss(output, target)
+        if self.regions:
+            from medseg.training.loss import regions_to_masks
+
+            return float(loss), region_tp_fp_fn(output > 0, regions_to_masks(target.long(), self.regions)).cpu()
         prediction = output.argmax(1, keepdim=True)
         return float(loss), tp_fp_fn(prediction, target, self.num_classes).cpu()
 
@@ -437,7 +472,7 @@ class FoldTrainer:
         self.network.eval()
         val_sampler.set_epoch(epoch)
         val_losses = []
-        counts = torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+        counts = torch.zeros(3, self.n_scores, dtype=torch.float64)
         for batch in val_loader:
             loss, batch_counts = self.validation_step(batch)
             val_losses.append(loss)
@@ -518,6 +553,8 @@ class FoldTrainer:
                                         device=self.device, precision=_PRECISION[self.amp_dtype],
                                         batch_size=self.config.sw_batch_size)
         logits = window.predict(np.ascontiguousarray(data))
+        if self.regions:
+            return labels_from_regions(logits.float(), self.config.regions_class_order or []).cpu().numpy()
         return logits.argmax(0).cpu().numpy().astype(np.int16)
 
     def final_validation(self) -> dict[str, Any]:
@@ -527,20 +564,47 @@ class FoldTrainer:
         final = self.run_dir / "checkpoint_final.pt"
         if final.is_file():
             self.model.load_state_dict(load_checkpoint(final, map_location=self.device)["model"])
-        names = self.cfg.label_names
+        labels = self.cfg.label_names
+        if self.regions:  # one score per region, named by its labels ("grey_matter+white_matter")
+            names = {i: "+".join(labels.get(v, str(v)) for v in r) for i, r in enumerate(self.regions)}
+        else:
+            names = {c: labels.get(c, str(c)) for c in range(1, self.num_classes)}
         results = []
+        next_cfg = None
+        if self.cfg.next_stage and self.cfg.next_stage in (self.plans.get("configurations") or {}):
+            from medseg.preprocessing import configuration_of
+
+            next_cfg = configuration_of(self.plans, self.cfg.next_stage)
         for case_id in self.spec.val_ids[self.info.rank :: self.info.world_size]:
             case = load_cached_case(self.cache_folder, case_id, mmap=False)
-            prediction = torch.from_numpy(self.predict_case(case["data"]))
+            data = case["data"]
+            if self.previous:
+                from medseg.training.cascade import one_hot_foreground
+
+                with np.load(self.previous[case_id]) as stored:
+                    onehot = one_hot_foreground(stored["seg"], self.num_classes).numpy()
+                data = np.concatenate([data, onehot.astype(data.dtype)])
+            labels_np = self.predict_case(data)
+            if next_cfg is not None:  # each rank writes the cases it validated
+                from medseg.training.cascade import write_next_stage
+
+                write_next_stage(self.run_dir, case_id, labels_np, case["properties"], next_cfg)
+            prediction = torch.from_numpy(labels_np)
             reference = torch.from_numpy(case["seg"][0].astype(np.int16)).clamp(min=0)
-            dice = dice_from_counts(tp_fp_fn(prediction, reference, self.num_classes))
-            results.append({"case": case_id, "dice": {names.get(c, str(c)): None if math.isnan(d) else d
-                                                      for c, d in zip(range(1, self.num_classes), dice, strict=True)}})
+            if self.regions:
+                from medseg.training.loss import regions_to_masks
+
+                counts = region_tp_fp_fn(regions_to_masks(prediction[None, None], self.regions),
+                                         regions_to_masks(reference[None, None], self.regions))
+            else:
+                counts = tp_fp_fn(prediction, reference, self.num_classes)
+            dice = dice_from_counts(counts)
+            results.append({"case": case_id, "dice": {name: None if math.isnan(d) else d
+                                                      for name, d in zip(names.values(), dice, strict=True)}})
         gathered = all_gather_objects(results, self.info)
         cases = sorted((r for part in gathered for r in part), key=lambda r: r["case"])  # type: ignore[union-attr]
         mean = {}
-        for c in range(1, self.num_classes):
-            name = names.get(c, str(c))
+        for name in names.values():
             values = [r["dice"][name] for r in cases if r["dice"][name] is not None]
             mean[name] = float(np.mean(values)) if values else None
         finite = [v for v in mean.values() if v is not None]
@@ -567,19 +631,23 @@ class FoldTrainer:
 def train(
     plans_path: str | Path,
     configuration: str,
-    folds: Sequence[int] | str,
+    folds: Sequence[int | str] | str,
     out_dir: str | Path,
     config: TrainConfig,
     manifest_path: str | Path | None = None,
     resume: bool = False,
     stream: TextIO | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Train the folds ``folds`` (``"all"``: every fold) of a configuration into ``out_dir/fold_K``.
+    """Train the folds ``folds`` of a configuration into ``out_dir/fold_K``.
+
+    Fold semantics are nnU-Net's: ``0`` … ``4`` are the cross-validation folds (a model trained on the other folds'
+    cases, validated on its own), ``"all"`` is one model trained on every labelled case (``out_dir/fold_all``,
+    validated on its training cases, as nnU-Net's fold ``all``).
 
     Args:
         plans_path: ``plans.json``.
         configuration: Configuration name (``3d_fullres``, ``3d_lowres``, …).
-        folds: Fold indices, or ``"all"``.
+        folds: Fold indices and/or ``"all"``.
         out_dir: Run folder root; fold ``K`` writes ``out_dir/fold_K``.
         config: Training settings.
         manifest_path: Dataset manifest; default: the one recorded in ``fingerprint.json`` beside the plans.
@@ -604,17 +672,20 @@ def train(
     if not manifest.labelled_cases:
         raise TrainingError("the manifest has no labelled cases", manifest.source)
     splits = resolve_splits(manifest, config.num_folds, config.seed)
-    wanted = list(range(len(splits))) if folds == "all" else [int(f) for f in folds]  # type: ignore[union-attr]
+    every = sorted(c.id for c in manifest.labelled_cases)
+    wanted: list[int | str] = ["all"] if folds == "all" else [f if f == "all" else int(f) for f in folds]
     for fold in wanted:
-        if not 0 <= fold < len(splits):
+        if fold == "all":
+            continue
+        if not 0 <= int(fold) < len(splits):
             raise TrainingError(f"fold {fold} does not exist (there are {len(splits)} folds: 0–{len(splits) - 1})")
     known = {c.id for c in manifest.labelled_cases}
-    for fold in wanted:
-        unknown = sorted((set(splits[fold]["train"]) | set(splits[fold]["val"])) - known)
+    for index in (int(f) for f in wanted if f != "all"):
+        unknown = sorted((set(splits[index]["train"]) | set(splits[index]["val"])) - known)
         if unknown:
-            raise TrainingError(f"split {fold} names cases without labels in the manifest: {', '.join(unknown[:5])}")
-        if not splits[fold]["train"] or not splits[fold]["val"]:
-            raise TrainingError(f"split {fold} has no training or no validation cases")
+            raise TrainingError(f"split {index} names cases without labels in the manifest: {', '.join(unknown[:5])}")
+        if not splits[index]["train"] or not splits[index]["val"]:
+            raise TrainingError(f"split {index} has no training or no validation cases")
 
     info = launcher_info()
     device = resolve_device(config.device, info.local_rank, option="device")
@@ -629,9 +700,18 @@ def train(
         cache_folder = cache_root / configuration_of(plans, configuration).data_identifier
         results = {}
         for fold in wanted:
-            split = splits[fold]
+            split = {"train": every, "val": every} if fold == "all" else splits[int(fold)]
             spec = FoldSpec(fold, list(split["train"]), list(split["val"]), Path(out_dir) / f"fold_{fold}")
-            trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream)
+            previous = None
+            if configuration_of(plans, configuration).previous_stage:
+                from medseg.training.cascade import previous_predictions
+
+                previous = previous_predictions(config.previous_stage_run, sorted(set(spec.train_ids) |
+                                                                                  set(spec.val_ids)),
+                                                configuration, str(configuration_of(plans, configuration)
+                                                                   .previous_stage))
+            trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream,
+                                  previous)
             results[fold] = trainer.run(resume)
         return results
     finally:

@@ -91,7 +91,7 @@ def test_spleen_ct_fingerprint_and_plan(spleen_manifest):
         assert stats[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
     plans = plan_experiment(fp)
     full = plans["configurations"]["3d_fullres"]
-    assert plans["transpose_forward"] == [2, 0, 1]  # 5 mm slices first
+    assert plans["transpose_forward"] == [2, 1, 0]  # 5 mm slices first, then nnU-Net's y, x
     assert full["spacing"] == pytest.approx([5.0, 0.794922, 0.794922], abs=1e-5)
     norm = full["normalization"][0]
     assert norm["scheme"] == "ct" and norm["use_mask_for_norm"] is False

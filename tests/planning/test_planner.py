@@ -39,8 +39,9 @@ STAT_KEYS = ("mean", "median", "std", "min", "max", "percentile_00_5", "percenti
 
 @pytest.fixture
 def hippocampus(uniform_fp):
-    # 260 training cases, 3 labels (background, anterior, posterior), one MR channel
-    return uniform_fp(260, (1.0, 1.0, 1.0), (36, 50, 35), labels=3)
+    # 260 training cases, 3 labels (background, anterior, posterior), one MR channel; nnU-Net's median 36×50×35
+    # (SimpleITK's z, y, x) is 35×50×36 in the stored x, y, z order medseg reads
+    return uniform_fp(260, (1.0, 1.0, 1.0), (35, 50, 36), labels=3)
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_hippocampus_matches_nnunet(hippocampus):
     assert two_d["batch_size"] == 366
     assert two_d["spacing"] == [1.0, 1.0]
     assert two_d["topology"]["features_per_stage"] == [32, 64, 128, 256]
-    assert plans["transpose_forward"] == [0, 1, 2]
+    assert plans["transpose_forward"] == [2, 1, 0]  # nnU-Net's arrays: z first, then y, x
     validate_plans(plans)
 
 
@@ -87,8 +88,8 @@ def test_liver_matches_nnunet(liver):
     plans = plan_experiment(liver)
     cfgs = plans["configurations"]
     assert set(cfgs) == {"2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"}
-    assert plans["transpose_forward"] == [2, 0, 1]  # the 1 mm axis goes first
-    assert plans["transpose_backward"] == [1, 2, 0]
+    assert plans["transpose_forward"] == [2, 1, 0]  # the 1 mm axis goes first, then y, x as in nnU-Net
+    assert plans["transpose_backward"] == [2, 1, 0]
     full = cfgs["3d_fullres"]
     assert full["spacing"] == pytest.approx([1.0, 0.77, 0.77])
     assert full["patch_size"] == [128, 128, 128]
@@ -126,12 +127,12 @@ def test_liver_matches_nnunet(liver):
 
 def test_prostate_anisotropic_decisions(prostate):
     plans = plan_experiment(prostate)
-    assert plans["transpose_forward"] == [2, 0, 1]
-    assert plans["transpose_backward"] == [1, 2, 0]
+    assert plans["transpose_forward"] == [2, 1, 0]
+    assert plans["transpose_backward"] == [2, 1, 0]
     full = plans["configurations"]["3d_fullres"]
     # 10th percentile of the out-of-plane spacings (3.6), not the median
     assert full["spacing"] == pytest.approx([3.6, 0.625, 0.625])
-    assert full["median_image_size_in_voxels"] == [20.0, 320.0, 319.0]
+    assert full["median_image_size_in_voxels"] == [20.0, 319.0, 320.0]  # nnU-Net's z, y, x
     topo = full["topology"]
     # out-of-plane axis: kernel 1 and no pooling for the first two stages (in-plane spacing 0.625 → 1.25 → 2.5 mm)
     assert topo["kernel_sizes"][:2] == [[1, 3, 3], [1, 3, 3]]
@@ -139,7 +140,7 @@ def test_prostate_anisotropic_decisions(prostate):
     assert topo["strides"][:3] == [[1, 1, 1], [1, 2, 2], [1, 2, 2]]
     assert topo["strides"][3:5] == [[2, 2, 2], [2, 2, 2]]
     assert topo["num_pool_per_axis"] == [2, 6, 6]
-    assert full["patch_size"] == [20, 320, 256]
+    assert full["patch_size"] == [20, 256, 320]
     assert full["batch_size"] == 2
     assert "3d_lowres" not in plans["configurations"]
     # resampling: images cubic, labels linear on one-hot; out-of-plane apart (order 0): > 3× anisotropic
@@ -175,9 +176,11 @@ def test_target_spacing_anisotropy_rule():
 
 
 def test_transpose_puts_coarsest_axis_first():
-    assert transpose_for([0.7, 3.0, 0.7]) == ([1, 0, 2], [1, 0, 2])
-    assert transpose_for([0.7, 0.7, 3.0]) == ([2, 0, 1], [1, 2, 0])
-    assert transpose_for([1.0, 1.0, 1.0]) == ([0, 1, 2], [0, 1, 2])
+    assert transpose_for([0.7, 3.0, 0.7]) == ([1, 2, 0], [2, 0, 1])
+    assert transpose_for([0.7, 0.7, 3.0]) == ([2, 1, 0], [2, 1, 0])
+    # isotropic: nnU-Net's argmax over its z, y, x arrays picks z (the last stored axis): 2D slices are axial
+    assert transpose_for([1.0, 1.0, 1.0]) == ([2, 1, 0], [2, 1, 0])
+    assert transpose_for([3.0, 3.0, 3.0])[0][0] == 2
 
 
 def test_normalization_per_modality_and_nonzero_rule(uniform_fp):

@@ -233,3 +233,27 @@ def test_checkpoint_holds_plain_state(mni_dataset: dict[str, Any], tmp_path: Pat
     assert state["epoch"] == 1 and state["scheduler"]["name"] == "poly"
     assert isinstance(state["rng"]["torch"], torch.Tensor)
     assert np.isfinite(json.loads((tmp_path / "run" / "fold_0" / "metrics.jsonl").read_text())["train_loss"])
+
+
+def test_fold_all_trains_one_model_on_every_case(mni_dataset: dict[str, Any], tmp_path: Path,
+                                                 tiny_settings: list[str]) -> None:
+    """``--fold all`` (nnU-Net's semantics): one model on every labelled case in fold_all, validated on them;
+    ``predict`` takes it when no numbered fold is there, or with ``--folds all``."""
+    from medseg.cli.train import _folds
+    from medseg.data import load_manifest
+    from medseg.inference import load_folds
+
+    assert _folds("all") == ["all"] and _folds("0-4") == [0, 1, 2, 3, 4] and _folds("1,3") == [1, 3]
+    with pytest.raises(TrainingError, match="--fold must be"):
+        _folds("4-1")
+    config = load_config(TrainConfig, None, [*tiny_settings, "epochs=1", "iterations_per_epoch=1",
+                                             "cache_dir=" + str(tmp_path / "cache")])
+    train(mni_dataset["plans"], "3d_fullres", ["all"], tmp_path / "run", config, manifest_path=mni_dataset["manifest"])
+    run = tmp_path / "run" / "fold_all"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["fold_all"]
+    every = sorted(c.id for c in load_manifest(mni_dataset["manifest"]).labelled_cases)
+    state = torch.load(run / "checkpoint_final.pt", weights_only=True)
+    assert state["fold"] == "all"
+    loaded = load_folds([tmp_path / "run"])
+    assert [f.fold for f in loaded] == ["all"] and load_folds([tmp_path / "run"], ["all"])[0].run_dir == run
+    assert len(every) >= 2
