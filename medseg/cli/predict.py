@@ -55,6 +55,12 @@ def register(app: typer.Typer) -> None:
         save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                                 help="Also write CASE_probabilities.npz (float16, native grid)."),
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component of each class."),
+        crf: str = typer.Option(None, "--crf",
+                                help="CRF post-processing before resampling: dense (fully connected, permutohedral "
+                                     "lattice) or conv (ConvCRF)."),
+        crf_settings: list[str] = typer.Option(None, "--crf-set",
+                                               help="CRF setting key=value (repeatable), e.g. iterations=10, "
+                                                    "appearance_sigma_mm=10."),
         manifest: Path = typer.Option(None, "--manifest",
                                       help="Manifest naming the labels (when INPUT is not a manifest)."),
         batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per batch (default: automatic)."),
@@ -79,6 +85,13 @@ def register(app: typer.Typer) -> None:
         _choice(progress, ("auto", "rich", "plain"), "--progress")
         _choice(checkpoint, ("final", "best", "latest"), "--checkpoint")
         fold_list = _folds(folds)
+        crf_config = None
+        if crf is not None or crf_settings:
+            from medseg.config import load_config
+            from medseg.inference.crf import METHODS, CRFConfig
+
+            _choice(crf or "dense", METHODS, "--crf")
+            crf_config = load_config(CRFConfig, None, [f"method={crf or 'dense'}", *(crf_settings or [])])
         from medseg.inference import Predictor, discover_cases, load_folds, run_batch
 
         cases, input_manifest = discover_cases(input_path)
@@ -87,7 +100,7 @@ def register(app: typer.Typer) -> None:
         with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
             loaded = load_folds(models, fold_list, checkpoint)
             predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
-                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
+                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size, crf=crf_config)
             names = predictor.label_names
             if manifest is not None:
                 from medseg.data import load_manifest
@@ -99,6 +112,10 @@ def register(app: typer.Typer) -> None:
                 "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
             }
+            if crf_config is not None:  # a CRF changes the outputs: cases predicted without it are redone
+                from medseg.config import to_dict
+
+                settings["crf"] = to_dict(crf_config)
             typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
             summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,
                                 label_names=names, settings=settings, progress=progress, wait=wait)

@@ -10,7 +10,9 @@ trained) without importing the trainer, and loads the checkpoint with ``weights_
 the axes training mirrored (:mod:`medseg.inference.sliding_window`; a fold ensemble averages softmax
 probabilities), torch resampling back to the native grid and argmax (:mod:`medseg.inference.resample`), optional
 largest-connected-component filtering per class, and returns a label ``MetaTensor`` with the input's exact
-affine and shape.
+affine and shape. A run trained with coordinate channels gets them appended after preprocessing
+(:mod:`medseg.preprocessing.coordinates`), and ``crf`` refines the stitched prediction with a fully connected CRF or
+a ConvCRF before the resampling (:mod:`medseg.inference.crf`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from medseg.errors import InferenceError
+from medseg.inference.crf import CRFConfig
 from medseg.inference.resample import export_segmentation
 from medseg.inference.sliding_window import Precision, SlidingWindowPredictor, SlidingWindowStats, resolve_device
 
@@ -46,6 +49,8 @@ class FoldModel:
         mirror_axes: Axes training mirrored over (all spatial axes when mirroring augmentation was on, else none).
         model: The network with the checkpoint's weights, in eval mode on the CPU.
         checkpoint: The checkpoint file.
+        coordinates: Coordinate channels the run was trained with (``none``, ``voxel`` or ``world``).
+        coordinate_scale: Millimetres per unit of ``world`` coordinates.
     """
 
     run_dir: Path
@@ -56,6 +61,8 @@ class FoldModel:
     mirror_axes: list[int]
     model: nn.Module
     checkpoint: Path
+    coordinates: str = "none"
+    coordinate_scale: float = 100.0
 
 
 def _fold_dirs(run_dir: Path, folds: Sequence[int] | None) -> list[Path]:
@@ -99,10 +106,17 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
         raise InferenceError(f"cannot read the checkpoint: {' '.join(str(exc).split())[:200]}", path) from exc
     configuration = str(state.get("configuration", config.get("configuration", "3d_fullres")))
     cfg = configuration_of(plans, configuration)
-    from medseg.models import create_model_from_plans
+    from medseg.models.convcrf import create_run_model
+    from medseg.preprocessing.coordinates import coordinate_channel_count
 
-    model = create_model_from_plans(cfg.model.as_dict(), config.get("model") or state.get("model_name") or None,
-                                    config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)))
+    coordinates = str(config.get("coordinates") or "none")
+    try:
+        extra = coordinate_channel_count(coordinates)
+    except ValueError as exc:
+        raise InferenceError(str(exc), fold_dir / "config.yaml") from None
+    model = create_run_model(cfg.model.as_dict(), config.get("model") or state.get("model_name") or None,
+                             config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)),
+                             extra_in_channels=extra, crf_layer=config.get("crf_layer"))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
@@ -117,7 +131,8 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
     model.eval()
     return FoldModel(run_dir=fold_dir, fold=int(state.get("fold", -1)), configuration=configuration, plans=plans,
-                     patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path)
+                     patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path,
+                     coordinates=coordinates, coordinate_scale=float(config.get("coordinate_scale") or 100.0))
 
 
 def load_folds(run_dirs: Sequence[str | Path], folds: Sequence[int] | None = None,
@@ -145,8 +160,9 @@ def _preprocessing_key(fold: FoldModel) -> str:
     preprocessing = {"spacing": cfg.spacing, "transpose_forward": cfg.transpose_forward,
                      "transpose_backward": cfg.transpose_backward, "normalization": cfg.normalization,
                      "resampling": cfg.resampling}
-    return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes},
-                      sort_keys=True)
+    coordinates = [fold.coordinates, fold.coordinate_scale] if fold.coordinates != "none" else "none"
+    return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes,
+                       "coordinates": coordinates}, sort_keys=True)
 
 
 def largest_component_per_class(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
@@ -216,11 +232,13 @@ class Predictor:
         stitch_dtype: ``auto``, ``fp16`` or ``fp32``.
         lcc: Keep only the largest connected component of each class.
         batch_size: Windows per batch (default: automatic).
+        crf: CRF post-processing on the preprocessed grid (:class:`~medseg.inference.crf.CRFConfig`), or ``None``.
     """
 
     def __init__(self, folds: Sequence[FoldModel], *, tta: bool = True, step: float = 0.5,
                  device: str = "auto", precision: Precision = "auto", stitch_device: str = "auto",
-                 stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None) -> None:
+                 stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None,
+                 crf: CRFConfig | None = None) -> None:
         from medseg.preprocessing import configuration_of
 
         if not folds:
@@ -233,6 +251,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.lcc = lcc
         self.tta = tta
+        self.crf = crf
         self.window = SlidingWindowPredictor(
             [f.model for f in self.folds], first.patch_size, step=step,
             mirror_axes=first.mirror_axes if tta else (), device=self.device, precision=precision,
@@ -260,6 +279,11 @@ class Predictor:
         check_finite(image, where)
         start = time.perf_counter()
         data, _, properties = preprocess_case(image, self.plans, self.configuration)
+        first = self.folds[0]
+        if first.coordinates != "none":
+            from medseg.preprocessing.coordinates import append_coordinates
+
+            data = append_coordinates(data, properties, first.coordinates, first.coordinate_scale)
         return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
 
     def predict_prepared(self, case: PreparedCase, *, probabilities: bool = False) -> Prediction:
@@ -272,10 +296,21 @@ class Predictor:
         if values.device.type == "cuda":
             torch.cuda.synchronize(values.device)
         seconds["predict"] = time.perf_counter() - start
+        kind = self.window.output_kind
+        if self.crf is not None:
+            from medseg.inference.crf import crf_refine
+
+            start = time.perf_counter()
+            image = torch.from_numpy(np.ascontiguousarray(case.data[: self.cfg.num_channels]))
+            values = crf_refine(values.to(self.device), kind, image, case.properties["target_spacing"], self.crf)
+            kind = "logits"
+            if values.device.type == "cuda":
+                torch.cuda.synchronize(values.device)
+            seconds["crf"] = time.perf_counter() - start
         start = time.perf_counter()
         resample_device = self.device if self.device.type == "cuda" else values.device
         exported = export_segmentation(values, case.properties, self.cfg.resampling,
-                                       kind=self.window.output_kind, device=resample_device,
+                                       kind=kind, device=resample_device,
                                        probabilities=probabilities)
         del values
         seconds["export"] = time.perf_counter() - start

@@ -10,6 +10,8 @@
 - ``generalised_dice``: MONAI ``GeneralizedDiceLoss`` (no background).
 - ``focal_tversky``: Abraham and Khan 2019: ``mean_c (1 - TI_c)^(3/4)`` with Tversky index
   ``TI = (tp + s) / (tp + 0.7·fn + 0.3·fp + s)`` over the foreground classes.
+- ``label_relaxation`` / ``soft_label``: Zhu et al.'s boundary label relaxation (CVPR 2019) or its soft-label
+  variant (:mod:`medseg.training.relaxation`), alone as in the paper.
 
 Deep supervision (nnU-Net's ``_build_loss``): outputs highest resolution first get weights ``1/2^i``; the lowest
 resolution gets 0; the weights are normalised to sum to 1. A model whose paper weights its extra outputs otherwise
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("dice_ce", "dice_focal", "generalised_dice", "focal_tversky")
+LOSSES = ("dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "label_relaxation", "soft_label")
 
 
 def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -147,9 +149,17 @@ class _SumLoss(nn.Module):
         return sum((loss(logits, target) for loss in self.losses), logits.new_zeros((), dtype=torch.float32))
 
 
-def build_loss(name: str, batch_dice: bool) -> nn.Module:
-    """The loss ``name`` (one of :data:`LOSSES`) for logits and integer labels."""
+def build_loss(name: str, batch_dice: bool, relaxation_window: int = 3) -> nn.Module:
+    """The loss ``name`` (one of :data:`LOSSES`) for logits and integer labels.
+
+    ``relaxation_window`` is the neighbourhood of ``label_relaxation`` and ``soft_label`` (voxels per axis, odd).
+    """
     from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss
+
+    if name in ("label_relaxation", "soft_label"):
+        from medseg.training.relaxation import BoundaryRelaxationLoss, SoftLabelLoss
+
+        return (BoundaryRelaxationLoss if name == "label_relaxation" else SoftLabelLoss)(relaxation_window)
 
     if name == "dice_ce":
         return DiceCELoss(batch_dice=batch_dice)

@@ -78,10 +78,17 @@ def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
 
 
 def build_model(cfg: Configuration, config: TrainConfig) -> nn.Module:
-    """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured."""
-    from medseg.models import create_model_from_plans
+    """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured.
 
-    return create_model_from_plans(cfg.model.as_dict(), config.model, config.model_kwargs, config.deep_supervision)
+    Coordinate channels (``config.coordinates``) widen its input; ``config.crf_layer`` puts a ConvCRF after it.
+    """
+    from medseg.config import to_dict
+    from medseg.models.convcrf import create_run_model
+    from medseg.preprocessing.coordinates import coordinate_channel_count
+
+    return create_run_model(cfg.model.as_dict(), config.model, config.model_kwargs, config.deep_supervision,
+                            extra_in_channels=coordinate_channel_count(config.coordinates),
+                            crf_layer=to_dict(config.crf_layer))
 
 
 def _check_batch_norm_at_batch_one(cfg: Configuration, config: TrainConfig, patch: Sequence[int]) -> None:
@@ -101,7 +108,9 @@ def _check_batch_norm_at_batch_one(cfg: Configuration, config: TrainConfig, patc
             probe = build_model(cfg, config)
     except (RuntimeError, NotImplementedError):  # a constructor that computes with tensors (MONAI's Swin UNETR)
         probe = build_model(cfg, config).to("meta")
-    channels = cfg.model.in_channels
+    from medseg.preprocessing.coordinates import coordinate_channel_count
+
+    channels = cfg.model.in_channels + coordinate_channel_count(config.coordinates)
     probe.train()
     try:
         probe(torch.empty(1, channels, *patch, device="meta"))
@@ -122,6 +131,11 @@ def _normalised(data: Any) -> Any:
 
 
 def _comparable_config(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings that must match to resume, with the defaults of settings a run's ``config.yaml`` predates."""
+    from medseg.config import from_dict, to_dict
+
+    with contextlib.suppress(MedsegError):
+        data = to_dict(from_dict(TrainConfig, data))
     return {k: v for k, v in _normalised(data).items() if k not in RUNTIME_KEYS}
 
 
@@ -205,7 +219,7 @@ class FoldTrainer:
                 weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice),
+        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice, config.relaxation_window),
                                         getattr(self.model, "loss_weights", ()))
         self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda" and config.amp:
@@ -217,6 +231,9 @@ class FoldTrainer:
         self.ema: float | None = None
         self.best_ema: float | None = None
         self.records: list[dict[str, Any]] = []
+        from medseg.training.methods import build_hooks
+
+        self.hooks = build_hooks(self)  # adversarial training, domain adaptation
 
     # Files --------------------------------------------------------------------------------------------------------
 
@@ -301,6 +318,7 @@ class FoldTrainer:
             "configuration": self.configuration,
             "fold": self.spec.fold,
             "model_name": self.config.model or self.cfg.model.name,
+            "methods": {h.name: h.state_dict() for h in self.hooks},
         }
 
     def load_state(self, path: Path) -> None:
@@ -315,6 +333,8 @@ class FoldTrainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.start_epoch = int(state["epoch"])
         self.ema, self.best_ema = state.get("ema"), state.get("best_ema")
+        for hook in self.hooks:
+            hook.load_state_dict(state["methods"][hook.name])
         set_rng_state(state["rng"])
 
     # Loop ---------------------------------------------------------------------------------------------------------
@@ -328,7 +348,8 @@ class FoldTrainer:
         c = self.config
         common = {"folder": self.cache_folder, "patch_size": self.patch, "global_batch": self.global_batch,
                   "sample_offset": self.sample_offset, "local_batch": self.local_batch, "seed": c.seed,
-                  "oversample_foreground": c.oversample_foreground}
+                  "oversample_foreground": c.oversample_foreground, "coordinates": c.coordinates,
+                  "coordinate_scale": c.coordinate_scale}
         train = BatchDataset(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch, stream=TRAIN_STREAM,
                              augmentation=c.augmentation, **common)
         from dataclasses import replace
@@ -345,12 +366,16 @@ class FoldTrainer:
         with self._autocast():
             output = self.network(data)
             loss = self.loss(output, target)
+            for hook in self.hooks:
+                loss = loss + hook.generator_loss(data, output, target)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        for hook in self.hooks:
+            hook.discriminator_step()
         return float(loss.detach())
 
     @torch.no_grad()
@@ -407,6 +432,8 @@ class FoldTrainer:
         wait = 0.0
         losses = []
         train_sampler.set_epoch(epoch)
+        for hook in self.hooks:
+            hook.start_epoch(epoch)
         iterator = iter(train_loader)
         for i in range(c.iterations_per_epoch):
             t0 = time.perf_counter()
@@ -453,6 +480,8 @@ class FoldTrainer:
             "data_wait_fraction": wait / max(train_time, 1e-9),
             "iterations_per_s": c.iterations_per_epoch / max(train_time, 1e-9),
         }
+        for hook in self.hooks:
+            record.update(hook.epoch_metrics())
         improved = self.ema is not None and (self.best_ema is None or self.ema > self.best_ema)
         if improved:
             self.best_ema = self.ema
@@ -507,6 +536,7 @@ class FoldTrainer:
     def final_validation(self) -> dict[str, Any]:
         """Predict the fold's validation cases (spread over the ranks); rank 0 writes ``validation/summary.json``."""
         from medseg.preprocessing import load_cached_case
+        from medseg.preprocessing.coordinates import append_coordinates
 
         final = self.run_dir / "checkpoint_final.pt"
         if final.is_file():
@@ -515,7 +545,9 @@ class FoldTrainer:
         results = []
         for case_id in self.spec.val_ids[self.info.rank :: self.info.world_size]:
             case = load_cached_case(self.cache_folder, case_id, mmap=False)
-            prediction = torch.from_numpy(self.predict_case(case["data"]))
+            data = append_coordinates(case["data"], case["properties"], self.config.coordinates,
+                                      self.config.coordinate_scale)
+            prediction = torch.from_numpy(self.predict_case(data))
             reference = torch.from_numpy(case["seg"][0].astype(np.int16)).clamp(min=0)
             dice = dice_from_counts(tp_fp_fn(prediction, reference, self.num_classes))
             results.append({"case": case_id, "dice": {names.get(c, str(c)): None if math.isnan(d) else d
