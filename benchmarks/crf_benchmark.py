@@ -4,9 +4,10 @@ Input: the real MRI nilearn ships (MNI152 2009 T1 and its grey-matter and white-
 (``--sizes``, 2D sizes are one axial slice), with a three-class prediction made from the tissue maps (other, GM,
 WM), blurred (σ = 1.5 voxels) so that the CRF has work to do. For every size the methods run alternately,
 ``--repeats`` times each (after one warm-up run each): the dense CRF (5 mean-field iterations), the ConvCRF with
-windows 5 and 7 (5 iterations), and, for sizes up to 4096 voxels, the dense CRF computed exactly with an N×N kernel
-matrix. Reported per method: the median seconds, the ratio to the dense CRF's median, and (dense) the time spent
-building the lattice; plus the agreement of the label maps with the dense CRF's, the device, threads and versions.
+windows 5 and 7 (5 iterations; for sizes up to ``--conv-max-voxels``), and, for sizes up to 4096 voxels, the
+dense CRF computed exactly with an N×N kernel matrix. Reported per method: the median seconds, the ratio to the
+dense CRF's median, and (dense) the time spent building the lattice; plus the agreement of the label maps with the
+dense CRF's, the device, threads and versions.
 
     python benchmarks/crf_benchmark.py                                   # CPU, default sizes
     python benchmarks/crf_benchmark.py --device cuda --sizes 192x224 128x128x128 160x192x160
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", nargs="+", default=["48x48", "192x224", "48x48x48", "96x96x96"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--conv-max-voxels", type=int, default=200_000,
+                        help="run the ConvCRF only up to this many voxels (its 3D cost grows with window^3)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -102,9 +105,10 @@ def main() -> None:
         image, unary = image.to(device), torch.log(probabilities).to(device)
         voxels = int(np.prod(size))
         config = CRFConfig()
-        methods: dict[str, Any] = {"dense": (dense_crf, config),
-                                   "conv_window5": (conv_crf, CRFConfig(method="conv", window=5)),
-                                   "conv_window7": (conv_crf, CRFConfig(method="conv", window=7))}
+        methods: dict[str, Any] = {"dense": (dense_crf, config)}
+        if voxels <= args.conv_max_voxels:
+            methods["conv_window5"] = (conv_crf, CRFConfig(method="conv", window=5))
+            methods["conv_window7"] = (conv_crf, CRFConfig(method="conv", window=7))
         if voxels <= 4096:
             methods["dense_exact"] = (exact_dense, config)
         # warm-up, and the label maps
@@ -159,6 +163,7 @@ def main() -> None:
                                                             "intensity_sigma", "smoothness_weight",
                                                             "smoothness_sigma_mm")},
         "repeats": args.repeats,
+        "conv_max_voxels": args.conv_max_voxels,
         "results": rows,
     }
     out = args.out or RESULTS / f"crf_{device.type}_{time.strftime('%Y%m%d-%H%M%S')}.json"
