@@ -99,7 +99,7 @@ def medseg_worker(spec: dict[str, Any]) -> Any:
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
     trainer = SimpleNamespace(
-        device=torch.device("cpu"), optimizer=optimizer, network=model, model=model, objective=None,
+        device=torch.device("cpu"), optimizer=optimizer, network=model, model=model, objective=None, hooks=[],
         loss=DeepSupervisionLoss(build_loss("dice_ce", batch_dice=False), getattr(model, "loss_weights", ())),
         scaler=torch.amp.GradScaler("cuda", enabled=False), config=config,
         _autocast=lambda: FoldTrainer._autocast(SimpleNamespace(amp_dtype=None, device=torch.device("cpu"))))

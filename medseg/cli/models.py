@@ -58,6 +58,26 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def method_rows() -> list[dict[str, Any]]:
+    """The training and post-processing methods (:data:`medseg.methods.METHODS`) as plain rows."""
+    from dataclasses import asdict
+
+    from medseg.methods import METHODS
+
+    return [{**asdict(m), "seed_rows": list(m.seed_rows), "seed_items": list(m.seed_items),
+             "commands": list(m.commands)} for m in METHODS]
+
+
+def methods_markdown(rows: list[dict[str, Any]]) -> str:
+    """The methods table in Markdown, as the README shows it."""
+    lines = ["| method | seed rows | papers | how to use it |", "|---|---|---|---|"]
+    for r in rows:
+        seeds = "; ".join(f"{n} {item}" for n, item in zip(r["seed_rows"], r["seed_items"], strict=True))
+        commands = "; ".join(f"`{c}`" for c in r["commands"])
+        lines.append(f"| {r['key']} | {seeds} | {r['papers']} | {commands} ({r['note']}) |")
+    return "\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``models`` command to ``app``."""
 
@@ -66,8 +86,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
         family: str | None = typer.Option(None, "--family", help="Only the models of this family."),
         as_markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (as in the README)."),
+        methods: bool = typer.Option(False, "--methods",
+                                     help="List the training and post-processing methods usable with any model "
+                                          "(CRFs, adversarial training, domain adaptation, ...) and the seed rows "
+                                          "they implement."),
     ) -> None:
         """List the model zoo: dims, parameters at the paper's configuration, the published figure, deep supervision."""
+        if methods:
+            _print_methods(as_json, as_markdown)
+            return
         rows = _rows(family)
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
@@ -94,3 +121,25 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.width = max(console.width, 100)
         console.print(table)
+
+
+def _print_methods(as_json: bool, as_markdown: bool) -> None:
+    rows = method_rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if as_markdown:
+        typer.echo(methods_markdown(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="medseg methods (options of any model)", show_header=True)
+    for col in ("method", "seed rows", "stage", "how to use it"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["key"], ", ".join(str(n) for n in r["seed_rows"]), r["stage"],
+                      "\n".join(r["commands"]) + f"\n({r['note']})")
+    console = Console()
+    console.width = max(console.width, 100)
+    console.print(table)

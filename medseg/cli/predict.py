@@ -168,6 +168,12 @@ def register(app: typer.Typer) -> None:
         save_samples: bool = typer.Option(False, "--save-samples",
                                           help="With --samples, also write samples/CASE: each draw's label map, "
                                                "one channel per draw (what `evaluate --metrics ged` scores)."),
+        crf: str = typer.Option(None, "--crf",
+                                help="CRF post-processing before resampling: dense (fully connected, permutohedral "
+                                     "lattice) or conv (ConvCRF)."),
+        crf_settings: list[str] = typer.Option(None, "--crf-set",
+                                               help="CRF setting key=value (repeatable), e.g. iterations=10, "
+                                                    "appearance_sigma_mm=10."),
         manifest: Path = typer.Option(None, "--manifest",
                                       help="Manifest naming the labels (when INPUT is not a manifest)."),
         batch_size: int = typer.Option(None, "--batch-size", min=1, help="Windows per batch (default: automatic)."),
@@ -229,6 +235,13 @@ def register(app: typer.Typer) -> None:
         fold_list = parse_folds(folds)
         if save_samples and not samples:
             raise InferenceError("--save-samples needs --samples N (N ≥ 1)")
+        crf_config = None
+        if crf is not None or crf_settings:
+            from medseg.config import load_config
+            from medseg.inference.crf import METHODS, CRFConfig
+
+            _choice(crf or "dense", METHODS, "--crf")
+            crf_config = load_config(CRFConfig, None, [f"method={crf or 'dense'}", *(crf_settings or [])])
         from medseg.inference import Predictor, load_folds, run_batch
         from medseg.utils.files import FolderLock
         from medseg.workflows.select import is_inference_plan, load_inference_plan
@@ -257,8 +270,8 @@ def register(app: typer.Typer) -> None:
                 from medseg.errors import InferenceError
                 from medseg.inference.predictor import EnsemblePredictor
 
-                if samples:
-                    raise InferenceError("--samples draws from one run's models, not from an inference plan of "
+                if samples or crf_config is not None:
+                    raise InferenceError("--samples and --crf apply to one run's models, not to an inference plan of "
                                          "`medseg select`", plans_given[0])
                 if len(models) != 1:
                     raise InferenceError("an inference plan of `medseg select` is the only -m of its prediction",
@@ -282,7 +295,7 @@ def register(app: typer.Typer) -> None:
                     loaded = loaded + earlier
                 predictor = Predictor([f for f in loaded if f.previous_stage_run is not None] if previous else loaded,
                                       previous=previous, samples=samples, sample_seed=sample_seed,
-                                      keep_samples=save_samples, **options)  # type: ignore[arg-type]
+                                      keep_samples=save_samples, crf=crf_config, **options)  # type: ignore[arg-type]
             names = predictor.label_names
             label_info: dict[int, dict[str, object]] = {}
             if manifest is not None:
@@ -300,6 +313,10 @@ def register(app: typer.Typer) -> None:
             }
             if samples:
                 settings.update(samples=samples, sample_seed=sample_seed, save_samples=save_samples)
+            if crf_config is not None:  # a CRF changes the outputs: cases predicted without it are redone
+                from medseg.config import to_dict
+
+                settings["crf"] = to_dict(crf_config)
             shard = "" if part is None else f" (part {part[0]} of 0…{part[1] - 1})"
             typer.echo(f"{len(cases)} case(s){shard}, {len(loaded)} fold model(s), device {predictor.device}",
                        err=True)

@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
                                    help="Training settings: a shipped preset (nnunet_default, cpu_small, demo_cpu, "
                                         "demo_cuda, demo_smoke) or a YAML file."),
         overrides: list[str] = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+        target_manifest: Path = typer.Option(None, "--target-manifest",
+                                             help="Unlabelled target-domain images: output-space domain adaptation "
+                                                  "(sets domain_adaptation.target_manifest)."),
     ) -> None:
         """Train a planned configuration with nnU-Net's recipe (single process, or under torchrun for DDP)."""
         from medseg.config import load_config
@@ -58,8 +61,11 @@ def register(app: typer.Typer) -> None:
         from medseg.training import train as run_training
 
         sets = list(overrides or [])
+        import json
+
+        target = json.dumps(str(target_manifest.resolve())) if target_manifest is not None else None  # YAML-safe
         for key, value in (("model", model), ("epochs", epochs), ("iterations_per_epoch", iterations),
-                           ("device", device)):
+                           ("device", device), ("domain_adaptation.target_manifest", target)):
             if value is not None:
                 sets.append(f"{key}={value}")
         config = load_config(TrainConfig, preset_path, sets)

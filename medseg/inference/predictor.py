@@ -10,7 +10,9 @@ trained) without importing the trainer, and loads the checkpoint with ``weights_
 the axes training mirrored (:mod:`medseg.inference.sliding_window`; a fold ensemble averages softmax
 probabilities), torch resampling back to the native grid and argmax (:mod:`medseg.inference.resample`), optional
 largest-connected-component filtering per class, and returns a label ``MetaTensor`` with the input's exact
-affine and shape.
+affine and shape. A run trained with coordinate channels gets them appended after preprocessing
+(:mod:`medseg.preprocessing.coordinates`), and ``crf`` refines the stitched prediction with a fully connected CRF or
+a ConvCRF before the resampling (:mod:`medseg.inference.crf`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from medseg.errors import InferenceError
+from medseg.inference.crf import CRFConfig
 from medseg.inference.resample import export_segmentation
 from medseg.inference.sliding_window import Precision, SlidingWindowPredictor, SlidingWindowStats, resolve_device
 from medseg.inference.uncertainty import SampleAccumulator, SampleSummary
@@ -53,6 +56,8 @@ class FoldModel:
             ``regions_class_order``): the class each region writes, in order; ``None`` for softmax models.
         previous_stage_run: For a cascade stage: the previous stage's run (predicted first; its label map becomes
             extra input channels).
+        coordinates: Coordinate channels the run was trained with (``none``, ``voxel`` or ``world``).
+        coordinate_scale: Millimetres per unit of ``world`` coordinates.
     """
 
     run_dir: Path
@@ -66,6 +71,8 @@ class FoldModel:
     ensemble: str = "probabilities"
     regions_class_order: list[int] | None = None
     previous_stage_run: Path | None = None
+    coordinates: str = "none"
+    coordinate_scale: float = 100.0
 
 
 def _fold_dirs(run_dir: Path, folds: Sequence[int | str] | None) -> list[Path]:
@@ -112,14 +119,21 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
         raise InferenceError(f"cannot read the checkpoint: {' '.join(str(exc).split())[:200]}", path) from exc
     configuration = str(state.get("configuration", config.get("configuration", "3d_fullres")))
     cfg = configuration_of(plans, configuration)
-    from medseg.models import create_model_from_plans
+    from medseg.models.convcrf import create_run_model
+    from medseg.preprocessing.coordinates import coordinate_channel_count
 
     entry = cfg.model.as_dict()
     regions = config.get("regions")
     if regions:  # region-based training: one sigmoid output per region
         entry["out_channels"] = len(regions)
-    model = create_model_from_plans(entry, config.get("model") or state.get("model_name") or None,
-                                    config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)))
+    coordinates = str(config.get("coordinates") or "none")
+    try:
+        extra = coordinate_channel_count(coordinates)
+    except ValueError as exc:
+        raise InferenceError(str(exc), fold_dir / "config.yaml") from None
+    model = create_run_model(entry, config.get("model") or state.get("model_name") or None,
+                             config.get("model_kwargs") or {}, bool(config.get("deep_supervision", True)),
+                             extra_in_channels=extra, crf_layer=config.get("crf_layer"))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
@@ -140,7 +154,8 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
                      ensemble="logits" if regions else "probabilities",
                      regions_class_order=[int(c) for c in config.get("regions_class_order") or []] or None,
                      previous_stage_run=Path(config["previous_stage_run"]) if cfg.previous_stage and
-                     config.get("previous_stage_run") else None)
+                     config.get("previous_stage_run") else None,
+                     coordinates=coordinates, coordinate_scale=float(config.get("coordinate_scale") or 100.0))
 
 
 def load_folds(run_dirs: Sequence[str | Path], folds: Sequence[int] | None = None,
@@ -168,8 +183,9 @@ def _preprocessing_key(fold: FoldModel) -> str:
     preprocessing = {"spacing": cfg.spacing, "transpose_forward": cfg.transpose_forward,
                      "transpose_backward": cfg.transpose_backward, "normalization": cfg.normalization,
                      "resampling": cfg.resampling}
+    coordinates = [fold.coordinates, fold.coordinate_scale] if fold.coordinates != "none" else "none"
     return json.dumps({"cfg": plain(preprocessing), "patch": fold.patch_size, "classes": cfg.num_classes,
-                       "regions": fold.regions_class_order}, sort_keys=True)
+                       "regions": fold.regions_class_order, "coordinates": coordinates}, sort_keys=True)
 
 
 def largest_component_per_class(labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
@@ -284,13 +300,14 @@ class Predictor:
         postprocessing: Postprocessing of an inference plan of ``medseg select`` (:func:`apply_postprocessing`).
         previous: For a cascade stage (``3d_cascade_fullres``): the predictor of its previous stage; its label map
             of the case, preprocessed with the image as nnU-Net does, is appended one-hot to the input.
+        crf: CRF post-processing on the preprocessed grid (:class:`~medseg.inference.crf.CRFConfig`), or ``None``.
     """
 
     def __init__(self, folds: Sequence[FoldModel], *, tta: bool = True, step: float = 0.5,
                  device: str = "auto", precision: Precision = "auto", stitch_device: str = "auto",
                  stitch_dtype: str = "auto", lcc: bool = False, batch_size: int | None = None, samples: int = 0,
                  sample_seed: int = 0, keep_samples: bool = False, postprocessing: Mapping[str, Any] | None = None,
-                 previous: Predictor | None = None) -> None:
+                 previous: Predictor | None = None, crf: CRFConfig | None = None) -> None:
         from medseg.preprocessing import configuration_of
 
         if not folds:
@@ -326,6 +343,10 @@ class Predictor:
         self.ensemble = modes.pop() if len(modes) == 1 else "probabilities"
         if self.regions_class_order is not None and self.ensemble != "logits":
             raise InferenceError("region-based models ensemble by their logits only (nnU-Net's rule)",
+                                 first.run_dir)
+        self.crf = crf
+        if crf is not None and self.regions_class_order is not None:
+            raise InferenceError("a CRF refines softmax outputs; region-based models have sigmoid outputs",
                                  first.run_dir)
         self.window = SlidingWindowPredictor(
             [f.model for f in self.folds], first.patch_size, step=step,
@@ -367,6 +388,11 @@ class Predictor:
             return PreparedCase(case_id, image, data, properties, seconds)
         start = time.perf_counter()
         data, _, properties = preprocess_case(image, self.plans, self.configuration)
+        first = self.folds[0]
+        if first.coordinates != "none":
+            from medseg.preprocessing.coordinates import append_coordinates
+
+            data = append_coordinates(data, properties, first.coordinates, first.coordinate_scale)
         return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
 
     def predict_prepared(self, case: PreparedCase, *, probabilities: bool = False) -> Prediction:
@@ -405,10 +431,21 @@ class Predictor:
         if values.device.type == "cuda":
             torch.cuda.synchronize(values.device)
         seconds["predict"] = seconds.get("predict", 0.0) + time.perf_counter() - start
+        kind = self.window.output_kind
+        if self.crf is not None:  # on the preprocessed grid, before resampling
+            from medseg.inference.crf import crf_refine
+
+            start = time.perf_counter()
+            image = torch.from_numpy(np.ascontiguousarray(case.data[: self.cfg.num_channels]))
+            values = crf_refine(values.to(self.device), kind, image, case.properties["target_spacing"], self.crf)
+            kind = "logits"
+            if values.device.type == "cuda":
+                torch.cuda.synchronize(values.device)
+            seconds["crf"] = seconds.get("crf", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         resample_device = self.device if self.device.type == "cuda" else values.device
         exported = export_segmentation(values, case.properties, self.cfg.resampling,
-                                       kind=self.window.output_kind, device=resample_device,
+                                       kind=kind, device=resample_device,
                                        probabilities=probabilities, regions_class_order=self.regions_class_order)
         del values
         seconds["export"] = seconds.get("export", 0.0) + time.perf_counter() - start

@@ -9,6 +9,9 @@ Layout (``cache_dir`` defaults to ``preprocessed/`` next to ``plans.json`` in ``
         <case>_fg.npz         one int32 array (k, 3) per foreground label value: sampled voxel coordinates
         <case>.json           properties from :func:`~medseg.preprocessing.preprocess_case`
 
+A cache built with ``labels=False`` (the unlabelled target images of domain adaptation) holds every case of its
+manifest without ``_seg.npy`` and ``_fg.npz``; its ``cache.json`` says ``"labels": false``.
+
 ``plans_digest`` is a SHA-256 over what preprocessing depends on (the configuration's spacing, transpose,
 normalisation and resampling, the channels and labels, the cache version); ``inputs_digest`` is
 :func:`medseg.planning.fingerprint.inputs_digest` of the manifest (case ids, file paths, sizes, modification
@@ -100,8 +103,9 @@ def preprocess_to_files(
     return case_id
 
 
-def _case_files(folder: Path, case_id: str) -> list[Path]:
-    return [folder / f"{case_id}{s}" for s in (".npy", "_seg.npy", "_fg.npz", ".json")]
+def _case_files(folder: Path, case_id: str, labelled: bool = True) -> list[Path]:
+    endings = (".npy", "_seg.npy", "_fg.npz", ".json") if labelled else (".npy", ".json")
+    return [folder / f"{case_id}{s}" for s in endings]
 
 
 def cache_is_valid(folder: Path, expected: Mapping[str, Any]) -> bool:
@@ -112,7 +116,8 @@ def cache_is_valid(folder: Path, expected: Mapping[str, Any]) -> bool:
         return False
     if any(stored.get(k) != v for k, v in expected.items()):
         return False
-    return all(p.is_file() for c in expected["cases"] for p in _case_files(folder, c))
+    labelled = bool(expected.get("labels", True))
+    return all(p.is_file() for c in expected["cases"] for p in _case_files(folder, c, labelled))
 
 
 def preprocess_dataset(
@@ -122,6 +127,7 @@ def preprocess_dataset(
     out_dir: str | os.PathLike[str],
     workers: int = 1,
     progress: ProgressCallback | None = None,
+    labels: bool = True,
 ) -> Path:
     """Preprocess every labelled case of ``manifest`` into the cache, or reuse a valid cache.
 
@@ -132,6 +138,7 @@ def preprocess_dataset(
         out_dir: Cache root; the cases go to ``out_dir/<data_identifier>``.
         workers: Worker processes (1: in this process).
         progress: Called after each case with (done, total, case id).
+        labels: ``False``: every case of the manifest, images only (labels, where present, are not read).
 
     Returns:
         The folder holding the cached cases.
@@ -140,7 +147,7 @@ def preprocess_dataset(
 
     cfg = configuration_of(plans, configuration)
     folder = Path(out_dir) / cfg.data_identifier
-    cases = manifest.labelled_cases
+    cases = manifest.labelled_cases if labels else list(manifest.cases)
     expected = {
         "cache_version": CACHE_VERSION,
         "configuration": configuration,
@@ -148,14 +155,16 @@ def preprocess_dataset(
         "inputs_digest": inputs_digest(manifest),
         "cases": [c.id for c in cases],
     }
+    if not labels:
+        expected["labels"] = False
     if cache_is_valid(folder, expected):
         return folder
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     jobs = [
-        (c.id, [str(p) for p in manifest.image_paths(c)], str(manifest.label_path(c)), dict(plans), configuration,
-         str(folder))
+        (c.id, [str(p) for p in manifest.image_paths(c)], str(manifest.label_path(c)) if labels else None,
+         dict(plans), configuration, str(folder))
         for c in cases
     ]
     done = 0
@@ -178,15 +187,22 @@ def preprocess_dataset(
 
 
 def load_cached_case(folder: str | os.PathLike[str], case_id: str, mmap: bool = True) -> dict[str, Any]:
-    """Open one cached case: ``data``, ``seg`` (memory-mapped by default), ``locations``, ``properties``."""
+    """Open one cached case: ``data``, ``seg`` (memory-mapped by default), ``locations``, ``properties``.
+
+    A case cached without labels has ``seg`` ``None`` and no ``locations``.
+    """
     folder = Path(folder)
     mode = "r" if mmap else None
-    with np.load(folder / f"{case_id}_fg.npz") as npz:
-        locations = {int(k): npz[k] for k in npz.files}
+    locations: dict[int, np.ndarray] = {}
+    seg = None
+    if (folder / f"{case_id}_seg.npy").is_file():
+        with np.load(folder / f"{case_id}_fg.npz") as npz:
+            locations = {int(k): npz[k] for k in npz.files}
+        seg = np.load(folder / f"{case_id}_seg.npy", mmap_mode=mode)
     return {
         "id": case_id,
         "data": np.load(folder / f"{case_id}.npy", mmap_mode=mode),
-        "seg": np.load(folder / f"{case_id}_seg.npy", mmap_mode=mode),
+        "seg": seg,
         "locations": locations,
         "properties": json.loads((folder / f"{case_id}.json").read_text()),
     }

@@ -210,13 +210,20 @@ class Augmenter:
         flip = Flip(spatial_axis=axes)
         return _plain(flip(image)), _plain(flip(seg))
 
-    def __call__(self, image: torch.Tensor, seg: torch.Tensor, rng: np.random.Generator) -> tuple[
-        torch.Tensor, torch.Tensor
-    ]:
-        """Augment one sample; with ``enabled=False`` only the centre crop to the final patch is applied."""
+    def __call__(self, image: torch.Tensor, seg: torch.Tensor, rng: np.random.Generator,
+                 spatial_only: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment one sample; with ``enabled=False`` only the centre crop to the final patch is applied.
+
+        The last ``spatial_only`` channels (coordinate channels) get the spatial transforms and the mirroring but
+        no intensity transform.
+        """
         image, seg = self.spatial(image, seg, rng)
         if self.config.enabled:
-            image = self.intensity(image, rng)
+            if spatial_only:
+                keep = image.shape[0] - spatial_only
+                image = torch.cat([self.intensity(image[:keep], rng), image[keep:]])
+            else:
+                image = self.intensity(image, rng)
             if self.config.mirror:
                 image, seg = self.mirror(image, seg, rng)
         return image.contiguous(), seg.contiguous()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from medseg.training.method_config import AdversarialConfig, CRFLayerConfig, DomainAdaptationConfig
+
 #: Settings that change how a run executes but not its results; they may differ when resuming.
 RUNTIME_KEYS = ("device", "num_workers", "progress", "cache_dir", "preprocess_workers")
 
@@ -83,8 +85,10 @@ class TrainConfig:
         momentum: SGD momentum (0.99).
         poly_exponent: Poly decay exponent: ``lr · (1 - epoch / epochs) ** exponent`` (0.9).
         grad_clip: Gradient-norm clipping (12; 0 disables).
-        loss: ``dice_ce`` (nnU-Net), ``dice_focal``, ``generalised_dice``, ``focal_tversky``, or ``dice_bce``
-            (region-based; the loss whenever ``regions`` is set).
+        loss: ``dice_ce`` (nnU-Net), ``dice_focal``, ``generalised_dice``, ``focal_tversky``, ``dice_bce``
+            (region-based; the loss whenever ``regions`` is set), or Zhu et al.'s boundary ``label_relaxation`` or
+            its ``soft_label`` variant.
+        relaxation_window: Neighbourhood (voxels per axis, odd) of ``label_relaxation`` and ``soft_label``.
         regions: Region-based training (nnU-Net's regions, e.g. BraTS ``[[1, 2, 3], [2, 3], [3]]``): one sigmoid
             output per region (a set of label values), Dice + BCE; ``None``: one softmax output per label.
         previous_stage_run: For a cascade stage (``3d_cascade_fullres``): the run folder of its previous stage
@@ -100,6 +104,13 @@ class TrainConfig:
         model: Registry model; ``None`` takes the plans' model.
         model_kwargs: Overrides of the plans' model keyword arguments (e.g. ``features_per_stage``).
         augmentation: Augmentation settings.
+        coordinates: ``none``, ``voxel`` or ``world``: normalised coordinates appended as three input channels
+            (:mod:`medseg.preprocessing.coordinates`), also at prediction.
+        coordinate_scale: Millimetres per unit of ``world`` coordinates.
+        crf_layer: A trainable ConvCRF after the model (:class:`~medseg.training.method_config.CRFLayerConfig`).
+        adversarial: Adversarial training (:class:`~medseg.training.method_config.AdversarialConfig`).
+        domain_adaptation: Output-space adaptation to an unlabelled target
+            (:class:`~medseg.training.method_config.DomainAdaptationConfig`).
         num_workers: Data-loading worker processes for training (validation uses half, at least 1 when > 0).
         seed: Seed of the weights, the splits, the patch sampling and the augmentation.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -126,7 +137,9 @@ class TrainConfig:
     momentum: float = 0.99
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
-    loss: Literal["dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "dice_bce"] = "dice_ce"
+    loss: Literal["dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "dice_bce", "label_relaxation",
+                  "soft_label"] = "dice_ce"
+    relaxation_window: int = 3
     regions: list[list[int]] | None = None
     regions_class_order: list[int] | None = None
     previous_stage_run: str | None = None
@@ -138,6 +151,11 @@ class TrainConfig:
     model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    coordinates: Literal["none", "voxel", "world"] = "none"
+    coordinate_scale: float = 100.0
+    crf_layer: CRFLayerConfig = field(default_factory=CRFLayerConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    domain_adaptation: DomainAdaptationConfig = field(default_factory=DomainAdaptationConfig)
     num_workers: int = 8
     seed: int = 12345
     device: str = "auto"
@@ -170,3 +188,9 @@ class TrainConfig:
             if any(not r or any(int(v) <= 0 for v in r) for r in regions) or any(int(c) <= 0 for c in order):
                 raise ValueError("each region is a non-empty list of foreground label values (> 0), and each "
                                  "region writes a foreground class")
+        if self.relaxation_window < 1 or self.relaxation_window % 2 == 0:
+            raise ValueError(f"relaxation_window must be a positive odd number, got {self.relaxation_window}")
+        if not self.coordinate_scale > 0:
+            raise ValueError(f"coordinate_scale must be positive, got {self.coordinate_scale}")
+        if self.coordinates != "none" and self.previous_stage_run:
+            raise ValueError("coordinate channels and a cascade's previous-stage input cannot be combined")

@@ -114,6 +114,9 @@ class BatchDataset(torch.utils.data.Dataset):
             :mod:`medseg.training.cascade`): cropped and spatially augmented with the labels, appended one-hot
             (labels 1…``num_classes - 1``) to the image, and augmented as nnU-Net does when ``augmentation`` is on.
         num_classes: Classes including background (with ``previous``).
+        coordinates: ``none``, ``voxel`` or ``world``: coordinate channels appended to every patch
+            (:mod:`medseg.preprocessing.coordinates`; spatial augmentation only).
+        coordinate_scale: Millimetres per unit of ``world`` coordinates.
     """
 
     def __init__(
@@ -131,7 +134,11 @@ class BatchDataset(torch.utils.data.Dataset):
         oversample_foreground: float = 0.33,
         previous: dict[str, str] | None = None,
         num_classes: int = 0,
+        coordinates: str = "none",
+        coordinate_scale: float = 100.0,
     ) -> None:
+        from medseg.preprocessing.coordinates import coordinate_channel_count
+
         self.folder = str(folder)
         self.previous = dict(previous or {})
         self.num_classes = num_classes
@@ -145,6 +152,8 @@ class BatchDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.stream = stream
         self.oversample = oversample_foreground
+        self.coordinates, self.coordinate_scale = coordinates, coordinate_scale
+        self.coordinate_channels = coordinate_channel_count(coordinates)
         self.augmenter = Augmenter(self.patch_size, augmentation)
         if augmentation.enabled:
             self.initial_patch = initial_patch_size(self.patch_size, rotation_range(self.patch_size, augmentation),
@@ -168,21 +177,33 @@ class BatchDataset(torch.utils.data.Dataset):
         return self._cases[case_id]
 
     def sample(self, epoch: int, iteration: int, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """Global sample ``index`` of batch ``iteration`` of ``epoch``: image, labels (-1 mapped to 0), case id."""
+        """Global sample ``index`` of batch ``iteration`` of ``epoch``: image, labels (-1 mapped to 0), case id.
+
+        An unlabelled case (cached without labels, e.g. a domain-adaptation target) gets background labels.
+        """
         rng = np.random.default_rng([self.seed, self.stream, epoch, iteration, index])
         case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
         case = self._case(case_id)
         force = force_foreground(index, self.global_batch, self.oversample)
         lower = bbox_for(case["data"].shape[1:], self.initial_patch, self.need_to_pad, case["locations"], force, rng)
         image = torch.from_numpy(crop_padded(case["data"], lower, self.initial_patch, 0.0))
-        seg_np = crop_padded(case["seg"], lower, self.initial_patch, -1)
+        if case["seg"] is None:  # an unlabelled case (domain adaptation's target manifest)
+            seg_np = np.full((1, *self.initial_patch), -1, dtype=np.int16)
+        else:
+            seg_np = crop_padded(case["seg"], lower, self.initial_patch, -1)
         if self.previous:  # the previous stage's mask travels with the labels through the spatial augmentation
             prev = crop_padded(self._previous_seg(case_id, case["seg"].shape), lower, self.initial_patch, 0)
             seg_np = np.concatenate([seg_np, prev.astype(seg_np.dtype)])
         seg = torch.from_numpy(seg_np)
+        if self.coordinate_channels:
+            from medseg.preprocessing.coordinates import coordinate_channels
+
+            coords = coordinate_channels(case["properties"], self.coordinates, lower, self.initial_patch,
+                                         self.coordinate_scale)
+            image = torch.cat([image, torch.from_numpy(coords)])
         if self.slices:
             image, seg = image[:, 0], seg[:, 0]
-        image, seg = self.augmenter(image, seg, rng)
+        image, seg = self.augmenter(image, seg, rng, spatial_only=self.coordinate_channels)
         if self.previous:
             from medseg.training.cascade import augment_previous, one_hot_foreground
 

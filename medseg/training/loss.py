@@ -15,6 +15,8 @@
   training config names ``regions``.
 - ``focal_tversky``: Abraham and Khan 2019: ``mean_c (1 - TI_c)^(3/4)`` with Tversky index
   ``TI = (tp + s) / (tp + 0.7·fn + 0.3·fp + s)`` over the foreground classes.
+- ``label_relaxation`` / ``soft_label``: Zhu et al.'s boundary label relaxation (CVPR 2019) or its soft-label
+  variant (:mod:`medseg.training.relaxation`), alone as in the paper.
 
 A model may declare the objective it trains with instead (:func:`model_objective`): a method
 ``training_loss(output, target)``. The trainer then passes the label into the forward pass
@@ -38,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "dice_bce")
+LOSSES = ("dice_ce", "dice_focal", "generalised_dice", "focal_tversky", "dice_bce", "label_relaxation",
+          "soft_label")
 
 
 def regions_to_masks(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -199,8 +202,12 @@ class _SumLoss(nn.Module):
         return sum((loss(logits, target) for loss in self.losses), logits.new_zeros((), dtype=torch.float32))
 
 
-def build_loss(name: str, batch_dice: bool, regions: Sequence[Sequence[int]] | None = None) -> nn.Module:
-    """The loss ``name`` (one of :data:`LOSSES`) for logits and integer labels (``dice_bce``: with ``regions``)."""
+def build_loss(name: str, batch_dice: bool, regions: Sequence[Sequence[int]] | None = None,
+               relaxation_window: int = 3) -> nn.Module:
+    """The loss ``name`` (one of :data:`LOSSES`) for logits and integer labels (``dice_bce``: with ``regions``).
+
+    ``relaxation_window`` is the neighbourhood of ``label_relaxation`` and ``soft_label`` (voxels per axis, odd).
+    """
     from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss
 
     if regions:
@@ -209,6 +216,10 @@ def build_loss(name: str, batch_dice: bool, regions: Sequence[Sequence[int]] | N
         return RegionDiceBCELoss(regions, batch_dice=batch_dice)
     if name == "dice_bce":
         raise ValueError("the dice_bce loss needs regions (set regions and regions_class_order)")
+    if name in ("label_relaxation", "soft_label"):
+        from medseg.training.relaxation import BoundaryRelaxationLoss, SoftLabelLoss
+
+        return (BoundaryRelaxationLoss if name == "label_relaxation" else SoftLabelLoss)(relaxation_window)
     if name == "dice_ce":
         return DiceCELoss(batch_dice=batch_dice)
     if name == "dice_focal":

@@ -80,14 +80,19 @@ def resolve_manifest(plans_path: Path, manifest: Path | None) -> Path:
 def build_model(cfg: Configuration, config: TrainConfig) -> nn.Module:
     """The plans' model (or ``config.model``) with ``config.model_kwargs`` and deep supervision as configured.
 
-    Region-based training (``config.regions``) gives the network one output per region instead of one per label.
+    Region-based training (``config.regions``) gives the network one output per region instead of one per label;
+    coordinate channels (``config.coordinates``) widen its input; ``config.crf_layer`` puts a ConvCRF after it.
     """
-    from medseg.models import create_model_from_plans
+    from medseg.config import to_dict
+    from medseg.models.convcrf import create_run_model
+    from medseg.preprocessing.coordinates import coordinate_channel_count
 
     entry = cfg.model.as_dict()
     if config.regions:
         entry["out_channels"] = len(config.regions)
-    return create_model_from_plans(entry, config.model, config.model_kwargs, config.deep_supervision)
+    return create_run_model(entry, config.model, config.model_kwargs, config.deep_supervision,
+                            extra_in_channels=coordinate_channel_count(config.coordinates),
+                            crf_layer=to_dict(config.crf_layer))
 
 
 def labels_from_regions(logits: torch.Tensor, regions_class_order: Sequence[int], threshold: float = 0.0
@@ -127,7 +132,9 @@ def _check_batch_norm_at_batch_one(cfg: Configuration, config: TrainConfig, patc
             probe = build_model(cfg, config)
     except (RuntimeError, NotImplementedError):  # a constructor that computes with tensors (MONAI's Swin UNETR)
         probe = build_model(cfg, config).to("meta")
-    channels = cfg.model.in_channels
+    from medseg.preprocessing.coordinates import coordinate_channel_count
+
+    channels = cfg.model.in_channels + coordinate_channel_count(config.coordinates)
     probe.train()
     try:
         probe(torch.empty(1, channels, *patch, device="meta"))
@@ -148,6 +155,11 @@ def _normalised(data: Any) -> Any:
 
 
 def _comparable_config(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings that must match to resume, with the defaults of settings a run's ``config.yaml`` predates."""
+    from medseg.config import from_dict, to_dict
+
+    with contextlib.suppress(MedsegError):
+        data = to_dict(from_dict(TrainConfig, data))
     return {k: v for k, v in _normalised(data).items() if k not in RUNTIME_KEYS}
 
 
@@ -235,7 +247,8 @@ class FoldTrainer:
                 weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice, self.regions),
+        self.loss = DeepSupervisionLoss(build_loss(config.loss, self.batch_dice, self.regions,
+                                                   config.relaxation_window),
                                         getattr(self.model, "loss_weights", ()))
         #: The model's own objective (``training_loss``), which replaces ``self.loss`` and takes the label as input.
         self.objective = model_objective(self.model)
@@ -249,6 +262,9 @@ class FoldTrainer:
         self.ema: float | None = None
         self.best_ema: float | None = None
         self.records: list[dict[str, Any]] = []
+        from medseg.training.methods import build_hooks
+
+        self.hooks = build_hooks(self)  # adversarial training, domain adaptation
 
     # Files --------------------------------------------------------------------------------------------------------
 
@@ -333,6 +349,7 @@ class FoldTrainer:
             "configuration": self.configuration,
             "fold": self.spec.fold,
             "model_name": self.config.model or self.cfg.model.name,
+            "methods": {h.name: h.state_dict() for h in self.hooks},
         }
 
     def load_state(self, path: Path) -> None:
@@ -347,6 +364,8 @@ class FoldTrainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.start_epoch = int(state["epoch"])
         self.ema, self.best_ema = state.get("ema"), state.get("best_ema")
+        for hook in self.hooks:
+            hook.load_state_dict(state["methods"][hook.name])
         set_rng_state(state["rng"])
 
     # Loop ---------------------------------------------------------------------------------------------------------
@@ -361,7 +380,8 @@ class FoldTrainer:
         common = {"folder": self.cache_folder, "patch_size": self.patch, "global_batch": self.global_batch,
                   "sample_offset": self.sample_offset, "local_batch": self.local_batch, "seed": c.seed,
                   "oversample_foreground": c.oversample_foreground, "previous": self.previous,
-                  "num_classes": self.num_classes}
+                  "num_classes": self.num_classes, "coordinates": c.coordinates,
+                  "coordinate_scale": c.coordinate_scale}
         train = BatchDataset(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch, stream=TRAIN_STREAM,
                              augmentation=c.augmentation, **common)
         from dataclasses import replace
@@ -377,15 +397,21 @@ class FoldTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             if self.objective is not None:
-                loss = self.objective(self.network(data, target=target), target)
+                output = self.network(data, target=target)
+                loss = self.objective(output, target)
             else:
-                loss = self.loss(self.network(data), target)
+                output = self.network(data)
+                loss = self.loss(output, target)
+            for hook in self.hooks:
+                loss = loss + hook.generator_loss(data, output, target)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        for hook in self.hooks:
+            hook.discriminator_step()
         return float(loss.detach())
 
     @torch.no_grad()
@@ -458,6 +484,8 @@ class FoldTrainer:
         wait = 0.0
         losses = []
         train_sampler.set_epoch(epoch)
+        for hook in self.hooks:
+            hook.start_epoch(epoch)
         iterator = iter(train_loader)
         for i in range(c.iterations_per_epoch):
             t0 = time.perf_counter()
@@ -504,6 +532,8 @@ class FoldTrainer:
             "data_wait_fraction": wait / max(train_time, 1e-9),
             "iterations_per_s": c.iterations_per_epoch / max(train_time, 1e-9),
         }
+        for hook in self.hooks:
+            record.update(hook.epoch_metrics())
         improved = self.ema is not None and (self.best_ema is None or self.ema > self.best_ema)
         if improved:
             self.best_ema = self.ema
@@ -560,6 +590,7 @@ class FoldTrainer:
     def final_validation(self) -> dict[str, Any]:
         """Predict the fold's validation cases (spread over the ranks); rank 0 writes ``validation/summary.json``."""
         from medseg.preprocessing import load_cached_case
+        from medseg.preprocessing.coordinates import append_coordinates
 
         final = self.run_dir / "checkpoint_final.pt"
         if final.is_file():
@@ -577,7 +608,8 @@ class FoldTrainer:
             next_cfg = configuration_of(self.plans, self.cfg.next_stage)
         for case_id in self.spec.val_ids[self.info.rank :: self.info.world_size]:
             case = load_cached_case(self.cache_folder, case_id, mmap=False)
-            data = case["data"]
+            data = append_coordinates(case["data"], case["properties"], self.config.coordinates,
+                                      self.config.coordinate_scale)
             if self.previous:
                 from medseg.training.cascade import one_hot_foreground
 
