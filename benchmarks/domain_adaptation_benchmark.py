@@ -1,13 +1,13 @@
 """Benchmark: output-space domain adaptation on real MRI, source-only against AdaptSegNet and MADA (not a test).
 
-Data: the cervical spinal cord of ``../shared/data/sct_spine`` (Spinal Cord Toolbox test data): the T2 image with
-its manual cord mask is the labelled source, the T1 image (same subject, other contrast) the unlabelled target;
-the T1 mask is read only to score. Both are reoriented to axial slices first (S, P, R) and planned as ``2d`` from
-the source. For every seed (``--seeds``) three trainings of equal budget run one after the other: the source alone,
-AdaptSegNet (one discriminator on the main output) and MADA (discriminators on the main output pooled by 1, 2 and
-4), each followed by a prediction of the whole T1 and T2 volumes (no test-time augmentation). Reported: Dice of the
-cord on T1 (target) and T2 (source) per run, their medians over the seeds, the training seconds, the settings,
-the machine and the versions.
+Data: the cervical spinal cord of ``../shared/data/sct_spine`` (Spinal Cord Toolbox test data): the T2 image with its
+manual cord mask is the labelled source, the T1 image (same subject, other contrast) the unlabelled target; the T1
+mask is read only to score. Both are reoriented to R, P, S (the 2D plan slices isotropic data along the last stored
+axis, as nnU-Net does: axial slices) and planned as ``2d`` from the source. For every seed (``--seeds``) three
+trainings of equal budget run one after the other: the source alone, AdaptSegNet (one discriminator on the main
+output) and MADA (discriminators on the main output pooled by 1, 2 and 4), each followed by a prediction of the whole
+T1 and T2 volumes (no test-time augmentation). Reported: Dice of the cord on T1 (target) and T2 (source) per run,
+their medians over the seeds, the training seconds, the settings, the machine and the versions.
 
     python benchmarks/domain_adaptation_benchmark.py --seeds 1 2 3
     python benchmarks/domain_adaptation_benchmark.py --epochs 4 --iterations 25   # the test's budget
@@ -44,7 +44,7 @@ def prepare(folder: Path, root: Path) -> None:
     for name, out in (("t2_t2", "t2"), ("t2_t2_seg-manual", "t2_cord"), ("t1_t1w", "t1"),
                       ("t1_t1w_seg-manual", "t1_cord")):
         image = nib.load(folder / f"{name}.nii.gz")
-        moved = image.as_reoriented(ornt_transform(io_orientation(image.affine), axcodes2ornt(("S", "P", "R"))))
+        moved = image.as_reoriented(ornt_transform(io_orientation(image.affine), axcodes2ornt(("R", "P", "S"))))
         nib.save(nib.Nifti1Image(np.asarray(moved.dataobj), moved.affine), root / f"{out}.nii.gz")
     common = {"format_version": 1, "channels": [{"name": "MR", "modality": "MR"}],
               "labels": {"background": 0, "cord": 1}}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @dataclass

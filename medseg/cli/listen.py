@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
         bind: str = typer.Option("0.0.0.0", "--bind",
                                  help="Address to listen on: 0.0.0.0 every interface, 127.0.0.1 this machine only."),
         models: list[Path] = typer.Option(None, "--model", "-m",
-                                          help="Run folder of `medseg train` (repeat for an ensemble); loaded once."),
+                                          help="Run folder of `medseg train` or nnU-Net v2 results folder "
+                                               "(repeat for an ensemble); loaded once."),
         send_to: list[str] = typer.Option([], "--send-to",
                                           help="Where results go: AET@HOST:PORT (C-STORE) or a DICOMweb base URL "
                                                "(STOW-RS); repeat for several."),
@@ -42,7 +43,8 @@ def register(app: typer.Typer) -> None:
                                       help="Manifest naming and coding the labels (default: the run's plans)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
         tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
-        folds: str = typer.Option(None, "--folds", "-f", help="Comma-separated folds (default: every fold_K)."),
+        folds: str = typer.Option(None, "--folds", "-f",
+                                  help="Folds: 0,1 or 0-4 or all (default: every numbered fold, else fold_all)."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
         status: bool = typer.Option(False, "--status",
                                     help="Print the node's series and sends (failures with their errors) as JSON "
@@ -76,8 +78,8 @@ def register(app: typer.Typer) -> None:
                 raise InferenceError(f"--format must be dicom-seg, dicom-rtstruct, nifti or nrrd, not {item!r}")
         import warnings
 
-        from medseg.cli.predict import _folds
-        from medseg.inference import Predictor, load_folds, run_batch
+        from medseg.cli.predict import load_models, parse_folds
+        from medseg.inference import Predictor, run_batch
         from medseg.pacs.node import Listener, NodeConfig
         from medseg.utils.devices import parse_device
         from medseg.utils.files import FolderLock
@@ -91,7 +93,7 @@ def register(app: typer.Typer) -> None:
             print(f"{stamp}.{int(now % 1 * 1000):03d} {line}", file=sys.stderr, flush=True)
 
         with FolderLock(out, "medseg listen"):
-            loaded = load_folds(models, _folds(folds), checkpoint)
+            loaded = load_models(models, parse_folds(folds), checkpoint)
             predictor = Predictor(loaded, tta=tta, device=parse_device(device))
             names, label_info = predictor.label_names, {}
             if manifest is not None:

@@ -74,7 +74,8 @@ def test_target_images_are_cached_without_labels(tmp_path: Path, mni_dataset_pla
 
 
 def _cord_data(root: Path) -> dict[str, Any]:
-    """T2 (source, labelled) and T1 (target; its mask only for scoring) of ``sct_spine``, axial slices first."""
+    """T2 (source, labelled) and T1 (target; its mask only for scoring) of ``sct_spine``, reoriented to R, P, S so
+    that the 2D plan slices them axially (nnU-Net slices isotropic data along the last stored axis)."""
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
     from medseg.planning import compute_fingerprint, plan_experiment, save_fingerprint, save_plans
@@ -86,7 +87,7 @@ def _cord_data(root: Path) -> dict[str, Any]:
     for name, out in (("t2_t2", "t2"), ("t2_t2_seg-manual", "t2_cord"), ("t1_t1w", "t1"),
                       ("t1_t1w_seg-manual", "t1_cord")):
         image = nib.load(folder / f"{name}.nii.gz")
-        moved = image.as_reoriented(ornt_transform(io_orientation(image.affine), axcodes2ornt(("S", "P", "R"))))
+        moved = image.as_reoriented(ornt_transform(io_orientation(image.affine), axcodes2ornt(("R", "P", "S"))))
         nib.save(nib.Nifti1Image(np.asarray(moved.dataobj), moved.affine), root / f"{out}.nii.gz")
     common = {"format_version": 1, "channels": [{"name": "MR", "modality": "MR"}],
               "labels": {"background": 0, "cord": 1}}
