@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -62,8 +63,15 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait",
                                   help="When another batch is writing the output folder, wait for it to finish "
                                        "instead of refusing."),
+        points: Path = typer.Option(None, "--points",
+                                    help="Interactive models (dextr): JSON of the points marking each object, world "
+                                         "mm: {\"coordinates\": \"RAS\", \"cases\": {CASE: [{\"points\": "
+                                         "[[x, y, z], ...], \"class\": NAME}]}}."),
     ) -> None:
         """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
+
+        Runs of instance models write each case's object map (ids 1..N) and CASE_instances.json (class, score,
+        volume and centroid of every object); interactive models segment the objects the --points file marks.
 
         Exit code 0 when every case was predicted, 3 when some cases failed or a full disk stopped the batch (see the
         ledger; run the same command again to resume), 1 when an error stopped the command.
@@ -86,8 +94,31 @@ def register(app: typer.Typer) -> None:
 
         with FolderLock(out, "medseg predict", wait=wait):  # held from here on; run_batch takes it again at no cost
             loaded = load_folds(models, fold_list, checkpoint)
-            predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
-                                  stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
+            from medseg.models.instance.base import InstanceSegmentationModel
+
+            points_digest = None
+            if isinstance(loaded[0].model, InstanceSegmentationModel):
+                from medseg.inference.instance import InstancePredictor, load_points
+                from medseg.preprocessing import configuration_of
+
+                marked = None
+                if points is not None:
+                    cfg = configuration_of(loaded[0].plans, loaded[0].configuration)
+                    marked = load_points(points, dict(cfg.labels))
+                    from medseg.utils.files import state_digest
+
+                    points_digest = state_digest([points])
+                predictor: Any = InstancePredictor(loaded, tta=tta, step=step, device=device,
+                                                   precision=precision,  # type: ignore[arg-type]
+                                                   batch_size=batch_size, points=marked)
+            else:
+                if points is not None:
+                    from medseg.errors import InferenceError
+
+                    raise InferenceError("--points is for interactive instance models (dextr); these runs segment "
+                                         "classes")
+                predictor = Predictor(loaded, tta=tta, step=step, device=device, precision=precision,  # type: ignore[arg-type]
+                                      stitch_device=stitch_device, lcc=lcc, batch_size=batch_size)
             names = predictor.label_names
             if manifest is not None:
                 from medseg.data import load_manifest
@@ -98,6 +129,7 @@ def register(app: typer.Typer) -> None:
             settings = {
                 "checkpoints": [[str(f.checkpoint.resolve()), f.checkpoint.stat().st_mtime_ns] for f in loaded],
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
+                **({"points": points_digest} if points_digest is not None else {}),
             }
             typer.echo(f"{len(cases)} case(s), {len(loaded)} fold model(s), device {predictor.device}", err=True)
             summary = run_batch(predictor, cases, out, fmt=formats, save_probabilities=save_probabilities,

@@ -33,9 +33,11 @@ from medseg.inference.ledger import Ledger, fingerprint_files, settings_hash
 from medseg.inference.writers import (
     LABELS_FILE,
     dicom_seg_problem,
+    instances_path,
     output_path,
     probabilities_path,
     write_dicom_seg,
+    write_instances,
     write_labels,
     write_probabilities,
 )
@@ -426,6 +428,9 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
                 if save_probabilities and prediction.probabilities is not None:
                     written.append(str(write_probabilities(prediction.probabilities,
                                                            probabilities_path(out, case.case_id), names)))
+                if getattr(prediction, "instances", None) is not None:  # an instance prediction's object table
+                    written.append(str(write_instances(prediction.instances, instances_path(out, case.case_id),
+                                                       case.case_id)))
                 timings["write"] = time.perf_counter() - t0
                 timings["total"] = time.perf_counter() - started
                 if problems:

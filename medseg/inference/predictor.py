@@ -113,8 +113,10 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     mirrored = bool(augmentation.get("enabled", True)) and bool(augmentation.get("mirror", True))
     mirror_axes = list(range(len(patch))) if mirrored else []
     from medseg.models.adapters import volume_windows
+    from medseg.models.instance.base import InstanceSegmentationModel
 
-    model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
+    if not isinstance(model, InstanceSegmentationModel):  # instance models keep their own windows
+        model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
     model.eval()
     return FoldModel(run_dir=fold_dir, fold=int(state.get("fold", -1)), configuration=configuration, plans=plans,
                      patch_size=patch, mirror_axes=mirror_axes, model=model, checkpoint=path)
@@ -186,6 +188,29 @@ class PreparedCase:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def prepare_case(plans: dict[str, Any], configuration: str, case_id: str, image: Any) -> PreparedCase:
+    """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the plans' configuration says."""
+    from medseg.io import check_finite, require_3d
+    from medseg.preprocessing import configuration_of, preprocess_case
+
+    where = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
+    require_3d(image, where, channels=configuration_of(plans, configuration).num_channels)
+    check_finite(image, where)
+    start = time.perf_counter()
+    data, _, properties = preprocess_case(image, plans, configuration)
+    return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
+
+
+def output_meta(image: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """The affine and the meta entries a prediction keeps from its input image."""
+    meta = dict(getattr(image, "meta", {}) or {})
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+    keep = {k: meta[k] for k in ("filename_or_obj", "format", "series_instance_uid", "study_instance_uid",
+                                 "sop_instance_uids", "source_files", "frame_of_reference_uid", "patient_id",
+                                 "modality", "series_description") if k in meta}
+    return affine, keep
+
+
 @dataclass
 class Prediction:
     """A label map on the input's grid, optional probabilities, and what the run took.
@@ -195,12 +220,15 @@ class Prediction:
         probabilities: ``(K, *native)`` float16 probabilities, or ``None``.
         seconds: Per stage: ``load``, ``preprocess``, ``predict``, ``export``, ``postprocess``.
         window_stats: What the sliding window did.
+        instances: Instance predictions: one entry per object (id, class, score, voxels, volume, centroid), written
+            as ``CASE_instances.json``; ``None`` for label maps of classes.
     """
 
     labels: Any
     probabilities: np.ndarray | None
     seconds: dict[str, float]
     window_stats: SlidingWindowStats
+    instances: list[dict[str, Any]] | None = None
 
 
 class Predictor:
@@ -251,16 +279,7 @@ class Predictor:
 
     def prepare(self, case_id: str, image: Any) -> PreparedCase:
         """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the run's plans say."""
-        from medseg.io import check_finite, require_3d
-        from medseg.preprocessing import preprocess_case
-
-        where = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
-        expected = self.cfg.num_channels
-        require_3d(image, where, channels=expected)
-        check_finite(image, where)
-        start = time.perf_counter()
-        data, _, properties = preprocess_case(image, self.plans, self.configuration)
-        return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
+        return prepare_case(self.plans, self.configuration, case_id, image)
 
     def predict_prepared(self, case: PreparedCase, *, probabilities: bool = False) -> Prediction:
         """Predict a prepared case and map it back to the input grid."""
@@ -284,11 +303,7 @@ class Predictor:
             start = time.perf_counter()
             labels = largest_component_per_class(labels)
             seconds["postprocess"] = time.perf_counter() - start
-        meta = dict(getattr(case.image, "meta", {}) or {})
-        affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
-        keep = {k: meta[k] for k in ("filename_or_obj", "format", "series_instance_uid", "study_instance_uid",
-                                     "sop_instance_uids", "source_files", "frame_of_reference_uid", "patient_id",
-                                     "modality", "series_description") if k in meta}
+        affine, keep = output_meta(case.image)
         image = make_image(labels[None], affine, keep)
         return Prediction(labels=image, probabilities=exported.probabilities, seconds=seconds,
                           window_stats=self.window.stats)

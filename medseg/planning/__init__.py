@@ -14,6 +14,7 @@ from medseg.planning.fingerprint import (
     is_fresh,
 )
 from medseg.planning.planner import (
+    DEFAULT_INSTANCE_MODEL,
     DEFAULT_MODEL,
     conv_feature_map_size,
     data_identifier,
@@ -44,6 +45,7 @@ from medseg.planning.schema import (
 __all__ = [
     "CASCADE",
     "CONFIGURATIONS",
+    "DEFAULT_INSTANCE_MODEL",
     "DEFAULT_MAX_SAMPLES",
     "DEFAULT_MODEL",
     "DEFAULT_PRESET",

@@ -161,7 +161,15 @@ class FoldSpec:
 
 
 class FoldTrainer:
-    """Trains one fold (see the module docstring); rank 0 writes the run folder."""
+    """Trains one fold (see the module docstring); rank 0 writes the run folder.
+
+    Other tasks subclass it through four hooks: :attr:`dataset_class` (the batches), :meth:`training_loss` (the loss
+    of a batch), :meth:`validation_step` (loss and per-class counts of a validation batch) and
+    :meth:`final_validation` (see :class:`medseg.training.instance.InstanceFoldTrainer`).
+    """
+
+    #: The batches of the training and validation cases.
+    dataset_class: type[BatchDataset] = BatchDataset
 
     def __init__(self, plans: dict[str, Any], configuration: str, config: TrainConfig, spec: FoldSpec,
                  splits: list[dict[str, list[str]]], cache_folder: Path, info: DistInfo, device: torch.device,
@@ -329,22 +337,25 @@ class FoldTrainer:
         common = {"folder": self.cache_folder, "patch_size": self.patch, "global_batch": self.global_batch,
                   "sample_offset": self.sample_offset, "local_batch": self.local_batch, "seed": c.seed,
                   "oversample_foreground": c.oversample_foreground}
-        train = BatchDataset(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch, stream=TRAIN_STREAM,
-                             augmentation=c.augmentation, **common)
+        train = self.dataset_class(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch,
+                                   stream=TRAIN_STREAM, augmentation=c.augmentation, **common)
         from dataclasses import replace
 
-        val = BatchDataset(case_ids=self.spec.val_ids, iterations=c.val_iterations, stream=VAL_STREAM,
-                           augmentation=replace(c.augmentation, enabled=False), **common)
+        val = self.dataset_class(case_ids=self.spec.val_ids, iterations=c.val_iterations, stream=VAL_STREAM,
+                                 augmentation=replace(c.augmentation, enabled=False), **common)
         return train, val
+
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of a training batch (called inside the autocast context)."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        return self.loss(self.network(data), target)
 
     def train_step(self, batch: dict[str, Any]) -> float:
         """One optimiser step on a batch; returns the loss."""
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            output = self.network(data)
-            loss = self.loss(output, target)
+            loss = self.training_loss(batch)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -600,6 +611,11 @@ def train(
         if not splits[fold]["train"] or not splits[fold]["val"]:
             raise TrainingError(f"split {fold} has no training or no validation cases")
 
+    trainer_class = FoldTrainer
+    if configuration_of(plans, configuration).is_instance:
+        from medseg.training.instance import InstanceFoldTrainer
+
+        trainer_class = InstanceFoldTrainer
     info = launcher_info()
     device = resolve_device(config.device, info.local_rank, option="device")
     if device.type == "cuda":
@@ -615,7 +631,7 @@ def train(
         for fold in wanted:
             split = splits[fold]
             spec = FoldSpec(fold, list(split["train"]), list(split["val"]), Path(out_dir) / f"fold_{fold}")
-            trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream)
+            trainer = trainer_class(plans, configuration, config, spec, splits, cache_folder, info, device, stream)
             results[fold] = trainer.run(resume)
         return results
     finally:

@@ -4,9 +4,8 @@ Boxes are ``(N, 2D)`` tensors ``(lo_0, …, lo_{D-1}, hi_0, …, hi_{D-1})`` in 
 array axes (axis 0 first), where voxel ``i`` spans ``[i, i + 1)``: a box covering voxels ``a … b`` is ``(a, b + 1)``.
 In 2D this is torchvision's ``(x1, y1, x2, y2)`` with the axes in array order ``(row, column)``.
 
-- :func:`nms` is greedy non-maximum suppression (Neubeck & Van Gool, ICPR 2006), computed as the fixed point of
-  Cluster-NMS (Zheng et al., "Enhancing Geometric Factors in Model Learning and Inference for Object Detection and
-  Instance Segmentation", IEEE T-Cybernetics 2021, Section 3.3), which keeps exactly the boxes greedy NMS keeps.
+- :func:`nms` is greedy non-maximum suppression (Neubeck & Van Gool, ICPR 2006): boxes by decreasing score, each
+  kept unless a kept box overlaps it with IoU above the threshold (blocked, so memory stays bounded).
 - :func:`roi_align` is RoIAlign (He et al., "Mask R-CNN", ICCV 2017, Section 3 and Figure 3): each output bin averages
   ``sampling_ratio`` samples per axis, each sample bilinearly (trilinearly) interpolated from the four (eight)
   nearest feature values; with ``aligned=True`` a continuous coordinate ``c`` is sampled at ``c · scale - 0.5`` (the
@@ -51,9 +50,12 @@ def box_volume(boxes: torch.Tensor) -> torch.Tensor:
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Intersection over union of every pair of boxes: ``(N, 2D)``, ``(M, 2D)`` → ``(N, M)``."""
     d = _dims(a)
-    lo = torch.maximum(a[:, None, :d], b[None, :, :d])
-    hi = torch.minimum(a[:, None, d:], b[None, :, d:])
-    inter = (hi - lo).clamp(min=0).prod(dim=2)
+    inter = None
+    for axis in range(d):  # one (N, M) extent per axis: no (N, M, D) intermediates
+        extent = (torch.minimum(a[:, None, axis + d], b[None, :, axis + d])
+                  - torch.maximum(a[:, None, axis], b[None, :, axis])).clamp_(min=0)
+        inter = extent if inter is None else inter.mul_(extent)
+    assert inter is not None
     union = box_volume(a)[:, None] + box_volume(b)[None, :] - inter
     return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
 
@@ -83,36 +85,50 @@ def boxes_of_masks(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, block: int = 1024) -> torch.Tensor:
     """Greedy non-maximum suppression; returns the indices kept, by decreasing score.
 
-    A box is dropped when it overlaps a kept box of higher score with IoU above ``iou_threshold``. Computed as the
-    fixed point of Cluster-NMS: with the boxes sorted by score and ``S[i, j]`` = "i before j and IoU above the
-    threshold", ``keep_j = not any_i (keep_i and S[i, j])`` is iterated from all-kept; every iteration fixes at least
-    the next box in order, and the fixed point is greedy NMS's result.
+    A box is dropped when it overlaps a kept box of higher score with IoU above ``iou_threshold``. The boxes are
+    visited by decreasing score in blocks of ``block``: a block's boxes are first tested against every box kept
+    from earlier blocks at once, then scanned in order against the block's own kept boxes, so memory stays within
+    ``block`` times the kept boxes whatever the number of boxes.
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
-    sorted_boxes = boxes[order].float()
-    suppress = torch.triu(box_iou(sorted_boxes, sorted_boxes) > iou_threshold, diagonal=1)
-    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    for _ in range(len(order)):
-        new = ~(suppress & keep[:, None]).any(dim=0)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    return order[keep]
+    ordered = boxes[order].float()
+    kept_boxes = ordered[:0]
+    kept: list[torch.Tensor] = []
+    for start in range(0, len(order), block):
+        part = ordered[start:start + block]
+        alive = torch.ones(len(part), dtype=torch.bool, device=boxes.device)
+        if len(kept_boxes):
+            alive &= ~(box_iou(kept_boxes, part) > iou_threshold).any(dim=0)
+        within = (box_iou(part, part) > iou_threshold).cpu().numpy()
+        flags = alive.cpu().numpy()
+        for i in range(len(part)):
+            if flags[i]:
+                flags[i + 1:] &= ~within[i, i + 1:]
+        index = torch.from_numpy(flags).to(boxes.device)
+        kept_boxes = torch.cat([kept_boxes, part[index]])
+        kept.append(order[start:start + block][index])
+    return torch.cat(kept)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float
                 ) -> torch.Tensor:
-    """:func:`nms` within each group (class) separately: boxes of different groups never suppress each other."""
+    """:func:`nms` within each group (class) separately: boxes of different groups never suppress each other.
+
+    Returns the indices kept, by decreasing score.
+    """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    span = boxes.max() - boxes.min() + 1
-    shifted = boxes + (groups.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    kept = []
+    for group in torch.unique(groups):
+        index = torch.nonzero(groups == group).flatten()
+        kept.append(index[nms(boxes[index], scores[index], iou_threshold)])
+    merged = torch.cat(kept)
+    return merged[torch.argsort(scores[merged], descending=True, stable=True)]
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
