@@ -553,7 +553,7 @@ class InstancePredictor:
             points = torch.as_tensor(pts, dtype=torch.float32)
             probs = torch.stack([m.segment(image.to(self.device), points.to(self.device)).float().cpu()
                                  for m in self.models]).mean(dim=0)
-            mask = (probs > 0.5) & (target == 0)
+            mask = (probs > float(getattr(self.models[0], "threshold", 0.5))) & (target == 0)
             if not bool(mask.any()):
                 continue
             classes.append(group.label if group.label is not None else default)

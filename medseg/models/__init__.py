@@ -10,6 +10,7 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 """
 
 from medseg.models import instance as _instance  # noqa: F401
+from medseg.models import interactive as _interactive  # noqa: F401
 from medseg.models import natural as _natural  # noqa: F401
 from medseg.models import panoptic as _panoptic  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
