@@ -8,3 +8,4 @@ Shared parts: :mod:`~medseg.models.instance.base` (the targets/losses/outputs co
 
 from medseg.models.instance import mask_rcnn as _mask_rcnn  # noqa: F401
 from medseg.models.instance import panet as _panet  # noqa: F401
+from medseg.models.instance import pointrend as _pointrend  # noqa: F401

@@ -125,6 +125,7 @@ class MaskRCNN(InstanceSegmentationModel):
         super().__init__(spatial_dims, in_channels, out_channels)
         self.input_divisor = (32,) * spatial_dims
         self.fpn_channels = fpn_channels
+        self.representation = representation
         self.box_pool = box_pool or (7 if spatial_dims == 2 else 4)
         self.mask_pool = mask_pool or (14 if spatial_dims == 2 else 7)
         self.backbone = build_backbone(backbone, spatial_dims, in_channels, output_stride=32,
