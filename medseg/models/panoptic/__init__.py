@@ -5,3 +5,5 @@ semantic branches predict those classes. One import line per architecture below.
 """
 
 from medseg.models.panoptic import panoptic_deeplab as _panoptic_deeplab  # noqa: F401
+from medseg.models.panoptic import panoptic_fpn as _panoptic_fpn  # noqa: F401
+from medseg.models.panoptic import upsnet as _upsnet  # noqa: F401
