@@ -6,6 +6,7 @@ Shared parts: :mod:`~medseg.models.instance.base` (the targets/losses/outputs co
 (bottom-up grouping). One import line per architecture below.
 """
 
+from medseg.models.instance import cia_net as _cia_net  # noqa: F401
 from medseg.models.instance import mask_rcnn as _mask_rcnn  # noqa: F401
 from medseg.models.instance import panet as _panet  # noqa: F401
 from medseg.models.instance import pointrend as _pointrend  # noqa: F401
