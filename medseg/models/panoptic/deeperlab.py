@@ -50,7 +50,10 @@ __all__ = ["DeeperLab", "depth_to_space", "space_to_depth"]
 
 
 def space_to_depth(x: torch.Tensor, block: int) -> torch.Tensor:
-    """``(B, C, *S)`` → ``(B, C·block^D, *S/block)``: each ``block^D`` cell becomes channels (D = 2 or 3)."""
+    """``(B, C, *S)`` → ``(B, C·block^D, *S/block)``: each ``block^D`` cell becomes channels (D = 2 or 3).
+
+    Channel order as TensorFlow's ``space_to_depth``: the position in the cell outermost, the input channel innermost.
+    """
     b, c, *size = x.shape
     d = len(size)
     shape = [b, c]
