@@ -142,3 +142,19 @@ def test_cia_net_deep_supervision_and_smooth_truncated_loss() -> None:
     target = torch.tensor([1.0, 1.0])  # p_t = 0.9 (confident right) and 0.1 (confidently wrong)
     expected = (-math.log(0.9) + (-math.log(0.3) + 0.5 * (1 - 0.01 / 0.09))) / 2
     assert smooth_truncated_loss(logits, target, 0.3).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cia_net_grows_seeds_into_touching_objects_and_drops_small_ones() -> None:
+    model = _small("cia_net", min_size=5)
+    dense = torch.full((1, 4, 12, 12), -10.0)  # three class logits (background first) and the contour logit
+    dense[0, 0] = 10.0
+    fg = torch.zeros(12, 12, dtype=torch.bool)
+    fg[1:7, 1:11] = True  # two touching objects, columns 1-5 and 6-10, their border a contour
+    fg[9:11, 9:11] = True  # a 4-pixel speck: no object
+    dense[0, 0][fg], dense[0, 1][fg] = -10.0, 10.0
+    dense[0, 3, 1:7, 5:7] = 10.0
+    found = model.group(dense)[0]
+    ids = found.instances
+    assert len(found.classes) == 2 and found.classes.tolist() == [1, 1]
+    assert set(ids[1:7, 1:5].unique().tolist()) != set(ids[1:7, 7:11].unique().tolist())  # not merged
+    assert int((ids > 0).sum()) == 60 and int(ids[9:11, 9:11].sum()) == 0

@@ -16,7 +16,8 @@ with Contour-aware Information Aggregation", IPMI 2019 (arXiv:1903.05358), Secti
   lowers the pull of confidently wrong voxels (likely label noise): ``-log(p)`` where the probability of the labelled
   value ``p`` exceeds ``σ``, ``-log(σ) + (1 - p²/σ²)/2`` below;
 - **instances** (Section 2.3): nuclei voxels off the contours (probability below 0.5) split into connected
-  components, which grow back over the nuclei voxels (each voxel to the nearest component), class by majority.
+  components, which grow back over the nuclei voxels connected to them (each voxel to the nearest component), class
+  by majority; components and grown objects under ``min_size`` voxels are dropped.
 
 No parameter figure: the paper gives none and the authors released no code; built from Section 2 (the decoder's
 widths, 256 at the deepest level halving per level, are this implementation's).
@@ -110,7 +111,8 @@ class CIANet(InstanceSegmentationModel):
         sigma: Truncation threshold of the smooth truncated loss (0.3).
         aux_weight: Weight of each coarser level's losses (0.5).
         contour_threshold: Inference: voxels with a contour probability above this are no seed (0.5).
-        min_size: Inference: components smaller than this are no seed (4 voxels).
+        min_size: Inference: components smaller than this are no seed, and grown objects smaller than this
+            are dropped (4 voxels).
     """
 
     output_kind = "dense"
@@ -199,7 +201,14 @@ class CIANet(InstanceSegmentationModel):
             if count:
                 _, nearest = ndimage.distance_transform_edt(labels == 0, return_indices=True)
                 grown = labels[tuple(nearest)]
-                labels = np.where(foreground, grown, 0)
+                regions, _ = ndimage.label(foreground)  # seeds grow only within their own part of the nuclei map
+                seeded = np.unique(regions[labels > 0])
+                labels = np.where(foreground & np.isin(regions, seeded[seeded > 0]), grown, 0)
+                kept = np.bincount(labels.ravel(), minlength=count + 1) >= min_size  # smaller objects are dropped
+                kept[0] = False
+                lookup = np.zeros(count + 1, dtype=labels.dtype)
+                lookup[kept] = np.arange(1, int(kept.sum()) + 1)
+                labels, count = lookup[labels], int(kept.sum())
             ids = torch.from_numpy(labels.astype(np.int64)).to(d.device)
             classes = majority_classes(ids, semantic, int(count), k)
             scores = torch.ones(int(count), device=d.device)
