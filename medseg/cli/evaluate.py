@@ -22,6 +22,54 @@ def _cell(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
+def _instance_manifest(ref: Path) -> bool:
+    """Whether ``ref`` is a manifest of instance label maps."""
+    if not ref.is_file():
+        return False
+    from medseg.data import load_manifest
+
+    return load_manifest(ref).is_instance
+
+
+def _evaluate_instances(pred: Path, ref: Path, output: Path | None, resample_to_ref: bool, missing: str,
+                        images: Path | None, worst: int, no_report: bool) -> None:
+    """``medseg evaluate`` of instance label maps: the table of pooled PQ per class, the files written."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from medseg.evaluation.instance import evaluate_instances, summarize_instances, write_instance_evaluation
+    from medseg.evaluation.report import REPORT_EXTRA_HINT, matplotlib_available
+
+    result = evaluate_instances(pred, ref, resample_to_ref=resample_to_ref, missing=missing, images=images)
+    html = None
+    if not no_report and matplotlib_available():
+        from medseg.evaluation.instance_report import render_instance_report
+
+        html = render_instance_report(result, worst=worst)
+    paths = write_instance_evaluation(result, output if output is not None else pred / "evaluation",
+                                      report_html=html)
+    summary = summarize_instances(result)
+    console = Console(width=None if Console().is_terminal else 160)
+    table = Table(title=f"{len(result.cases)} cases: objects matched at IoU > 0.5 (pooled over the cases)")
+    for col in ("class", "PQ", "SQ", "RQ", "F1", "TP", "FP", "FN", "AJI (per-case mean)"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for value, name in result.row_classes.items():
+        pooled = summary["pooled"][str(value)]
+        aji = summary["mean"][str(value)].get("AJI")
+        table.add_row(escape(name), *(f"{pooled[k]:.3f}" for k in ("PQ", "SQ", "RQ", "F1")),
+                      *(str(pooled[k]) for k in ("TP", "FP", "FN")), "" if aji is None else f"{aji:.3f}")
+    console.print(table)
+    for kind in ("csv", "objects", "json"):
+        console.print(f"wrote {paths[kind]}", markup=False, highlight=False)
+    if no_report:
+        return
+    if html is None:
+        Console(stderr=True).print(f"no report.html: {REPORT_EXTRA_HINT}", markup=False, highlight=False)
+        return
+    console.print(f"report: {paths['html']}", markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to ``app``."""
 
@@ -68,12 +116,20 @@ def register(app: typer.Typer) -> None:
         ),
         worst: int = typer.Option(5, "--worst", min=0, help="Cases with overlay thumbnails (lowest foreground Dice)."),
         no_report: bool = typer.Option(False, "--no-report", help="Write metrics.csv and summary.json only."),
+        instances: bool = typer.Option(
+            False, "--instances",
+            help="The label maps hold objects (ids 1..N): evaluate PQ, SQ, RQ, F1 and AJI per object (automatic "
+            "with an instance manifest as --ref).",
+        ),
     ) -> None:
         """Evaluate predictions per case × class: Dice, IoU, Hausdorff (HD, HD95), ASSD, NSD (mm); GED of samples.
 
         Empty masks are never NaN and never dropped from means. Both empty: Dice 1, distance 0.
 
         Exactly one empty: Dice 0, distance = the image diagonal (mm), counted as a miss.
+
+        Instance label maps (an instance manifest as --ref, or --instances): panoptic quality (PQ = SQ × RQ), instance
+        F1 at IoU 0.5 and AJI per case and class, pooled PQ, every object's volume (instances.csv).
         """
         from rich.console import Console
         from rich.markup import escape
@@ -87,6 +143,9 @@ def register(app: typer.Typer) -> None:
 
         if missing not in ("error", "empty", "skip"):
             raise EvaluationError(f"--missing must be error, empty or skip, got {missing!r}")
+        if instances or _instance_manifest(ref):
+            _evaluate_instances(pred, ref, output, resample_to_ref, missing, images, worst, no_report)
+            return
         metric_names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
         tolerances = _floats(nsd_tolerance_mm, "--nsd-tolerance-mm")
         out_dir = output if output is not None else pred / "evaluation"

@@ -164,7 +164,8 @@ def register(app: typer.Typer) -> None:
         ),
         model: str = typer.Option(
             None, "--model",
-            help="Registry key of the model the plans name (default: the preset's, nnunet or nnunet_resenc)."
+            help="Registry key of the model the plans name (default: the preset's, nnunet or nnunet_resenc; "
+                 "mask_rcnn for instance datasets)."
         ),
         workers: int = typer.Option(None, "--workers", "-j", min=1, help="Worker processes for the fingerprint."),
         max_samples: int = typer.Option(
@@ -186,9 +187,12 @@ def register(app: typer.Typer) -> None:
         )
 
         wanted = parse_configs(configs)  # fail on a typo before reading any image
-        _, _, planned_model, _ = resolve_preset(preset, gpu_memory_gb, model)
-        resolve_model(planned_model, ())
         loaded = load_manifest(manifest)
+        from medseg.planning import DEFAULT_INSTANCE_MODEL
+
+        default = DEFAULT_INSTANCE_MODEL if loaded.is_instance and model is None and preset == DEFAULT_PRESET else None
+        _, _, planned_model, _ = resolve_preset(preset, gpu_memory_gb, model or default)
+        resolve_model(planned_model, (), loaded.task)
         fp_path = fingerprint_path if fingerprint_path is not None else output.parent / "fingerprint.json"
         fp = None
         if is_fresh(fp_path, manifest):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -207,8 +208,15 @@ def register(app: typer.Typer) -> None:
         status: Path = typer.Option(None, "--status",
                                     help="Print done / failed / running / pending cases per part of the batch in "
                                          "this output folder, and stop."),
+        points: Path = typer.Option(None, "--points",
+                                    help="Interactive models (dextr): JSON of the points marking each object, world "
+                                         "mm: {\"coordinates\": \"RAS\", \"cases\": {CASE: [{\"points\": "
+                                         "[[x, y, z], ...], \"class\": NAME}]}}."),
     ) -> None:
         """Predict every case of INPUT with one or more trained runs; re-running resumes where it stopped.
+
+        Runs of instance models write each case's object map (ids 1..N) and CASE_instances.json (class, score,
+        volume and centroid of every object); interactive models segment the objects the --points file marks.
 
         Exit code 0 when every case was predicted, 3 when some cases failed or a full disk stopped the batch (see the
         ledger; run the same command again to resume), 1 when an error stopped the command.
@@ -266,13 +274,14 @@ def register(app: typer.Typer) -> None:
             options = {"tta": tta, "step": step, "device": _rank_device(device, part), "precision": precision,
                        "stitch_device": stitch_device, "lcc": lcc, "batch_size": batch_size}
             plans_given = [m for m in models if is_inference_plan(m)]
+            points_digest = None
+            predictor: Any
             if plans_given:
-                from medseg.errors import InferenceError
                 from medseg.inference.predictor import EnsemblePredictor
 
-                if samples or crf_config is not None:
-                    raise InferenceError("--samples and --crf apply to one run's models, not to an inference plan of "
-                                         "`medseg select`", plans_given[0])
+                if samples or crf_config is not None or points is not None:
+                    raise InferenceError("--samples, --crf and --points apply to one run's models, not to an "
+                                         "inference plan of `medseg select`", plans_given[0])
                 if len(models) != 1:
                     raise InferenceError("an inference plan of `medseg select` is the only -m of its prediction",
                                          plans_given[0])
@@ -287,15 +296,38 @@ def register(app: typer.Typer) -> None:
                     predictor = EnsemblePredictor([Predictor(part, **options) for part in parts],  # type: ignore[arg-type]
                                                   plan.get("postprocessing"))
             else:
+                from medseg.models.instance.base import InstanceSegmentationModel
+
                 loaded = load_models(models, fold_list, checkpoint)
-                previous = None
-                if loaded[0].previous_stage_run is not None:  # a cascade: its previous stage predicts first
-                    earlier = load_models([loaded[0].previous_stage_run], None, checkpoint)
-                    previous = Predictor(earlier, **options)  # type: ignore[arg-type]
-                    loaded = loaded + earlier
-                predictor = Predictor([f for f in loaded if f.previous_stage_run is not None] if previous else loaded,
-                                      previous=previous, samples=samples, sample_seed=sample_seed,
-                                      keep_samples=save_samples, crf=crf_config, **options)  # type: ignore[arg-type]
+                if isinstance(loaded[0].model, InstanceSegmentationModel):
+                    from medseg.inference.instance import InstancePredictor, load_points
+                    from medseg.preprocessing import configuration_of
+
+                    if samples or crf_config is not None:
+                        raise InferenceError("--samples and --crf apply to runs that segment classes, not to "
+                                             "instance models", loaded[0].run_dir)
+                    marked = None
+                    if points is not None:
+                        from medseg.utils.files import state_digest
+
+                        cfg = configuration_of(loaded[0].plans, loaded[0].configuration)
+                        marked = load_points(points, dict(cfg.labels))
+                        points_digest = state_digest([points])
+                    predictor = InstancePredictor(loaded, tta=tta, step=step, device=_rank_device(device, part),
+                                                  precision=precision,  # type: ignore[arg-type]
+                                                  batch_size=batch_size, points=marked)
+                else:
+                    if points is not None:
+                        raise InferenceError("--points is for interactive instance models (dextr); these runs "
+                                             "segment classes")
+                    previous = None
+                    if loaded[0].previous_stage_run is not None:  # a cascade: its previous stage predicts first
+                        earlier = load_models([loaded[0].previous_stage_run], None, checkpoint)
+                        previous = Predictor(earlier, **options)  # type: ignore[arg-type]
+                        loaded = loaded + earlier
+                    predictor = Predictor([f for f in loaded if f.previous_stage_run is not None] if previous
+                                          else loaded, previous=previous, samples=samples, sample_seed=sample_seed,
+                                          keep_samples=save_samples, crf=crf_config, **options)  # type: ignore[arg-type]
             names = predictor.label_names
             label_info: dict[int, dict[str, object]] = {}
             if manifest is not None:
@@ -310,6 +342,7 @@ def register(app: typer.Typer) -> None:
                 "tta": tta, "step": step, "precision": precision, "lcc": lcc, "labels": names,
                 **({"label_info": {str(k): v for k, v in label_info.items()}} if label_info else {}),
                 "postprocessing": getattr(predictor, "postprocessing", {}),
+                **({"points": points_digest} if points_digest is not None else {}),
             }
             if samples:
                 settings.update(samples=samples, sample_seed=sample_seed, save_samples=save_samples)

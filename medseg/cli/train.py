@@ -73,7 +73,9 @@ def register(app: typer.Typer) -> None:
         out_dir = out if out is not None else plans.parent / "runs" / configuration
         results = run_training(plans, configuration, folds, out_dir, config, manifest_path=manifest, resume=resume)
         for k, summary in results.items():
-            if summary:
+            if summary and summary.get("task") == "instance":
+                typer.echo(f"fold {k}: validation pooled PQ {summary['pooled_pq']:.4f} ({out_dir / f'fold_{k}'})")
+            elif summary:
                 mean = summary.get("foreground_mean_dice")
                 text = "n/a" if mean is None else f"{mean:.4f}"
                 typer.echo(f"fold {k}: validation mean Dice {text} ({out_dir / f'fold_{k}'})")

@@ -140,7 +140,8 @@ def check_case(manifest: Manifest, case: Case, notes: list[Problem] | None = Non
     Images must be 3D scalar volumes, one per channel, or one file holding all channels (``C`` equal to the number
     of channels); all channels must share one grid; intensities must be finite. The label must be a 3D scalar
     volume on the image grid (or on the same world grid with its axes permuted or flipped: reported in ``notes``),
-    with integer values from the manifest's ``labels``.
+    with integer values from the manifest's ``labels`` — or, in an instance manifest, object ids that fit its class
+    table (:func:`medseg.data.instances.instance_problems`).
     """
     from medseg.io.align import REORIENTED_NOTE, match_grid
     from medseg.io.geometry import as_geometry, grid_differences
@@ -199,7 +200,7 @@ def check_case(manifest: Manifest, case: Case, notes: list[Problem] | None = Non
                                 f"{'; '.join(match.differences)}")
             elif match.reoriented and notes is not None:
                 notes.append(Problem(case.id, str(label_path), f"label {REORIENTED_NOTE}"))
-        _check_label_values(label, label_path, add, manifest)
+        _check_label_values(label, label_path, add, manifest, case)
     finally:
         del label
     return problems
@@ -268,7 +269,8 @@ def _fmt_number(value: float) -> str:
     return f"{value:g}"
 
 
-def _check_label_values(label: Any, path: Path, add: Callable[[Path, str], None], manifest: Manifest) -> None:
+def _check_label_values(label: Any, path: Path, add: Callable[[Path, str], None], manifest: Manifest,
+                        case: Case | None = None) -> None:
     import torch
 
     data = label.as_tensor() if hasattr(label, "as_tensor") else label
@@ -292,6 +294,12 @@ def _check_label_values(label: Any, path: Path, add: Callable[[Path, str], None]
         del finite, fractional, keep
     else:
         values, counts = torch.unique(data, return_counts=True)
+    if manifest.is_instance and case is not None:
+        from medseg.data.instances import instance_problems
+
+        for problem in instance_problems(values.numpy(), counts.numpy(), manifest, case):
+            add(path, problem)
+        return
     declared = set(manifest.label_values)
     bad = [(int(v), int(c)) for v, c in zip(values.tolist(), counts.tolist(), strict=True) if int(v) not in declared]
     if not bad:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from medseg.errors import ManifestError, OutputError
+from medseg.errors import ManifestError, OutputError, quote
 from medseg.io.naming import DICOM_SUFFIX, READ_SUFFIXES, case_id, case_id_of
 from medseg.utils.files import atomic_text, read_json
 
@@ -29,12 +29,16 @@ FORMAT_VERSION = 1
 #: Image endings stripped from a file name to derive a case id (longest first).
 
 #: Top-level keys of medseg's own format.
-_OWN_KEYS = ("format_version", "name", "description", "channels", "labels", "cases", "splits")
+_OWN_KEYS = ("format_version", "name", "description", "task", "channels", "labels", "cases", "splits")
+#: What a manifest's label maps hold: one class per voxel, or objects (one id per object, a class per id).
+TASKS = ("semantic", "instance")
+#: Largest object id an instance label map may hold (the preprocessed cache stores labels as int16).
+MAX_INSTANCE_ID = 32767
 #: Informational keys kept as they are (MSD's descriptive fields, plus a free ``metadata`` object).
 _INFO_KEYS = ("reference", "licence", "license", "release", "tensorImageSize", "metadata")
 #: MSD keys that are derived from the case lists and therefore not kept.
 _DERIVED_KEYS = ("numTraining", "numTest")
-_CASE_KEYS = ("id", "images", "label")
+_CASE_KEYS = ("id", "images", "label", "classes")
 _SPLIT_KEYS = ("train", "val")
 
 _CASE_ID_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
@@ -66,16 +70,29 @@ class Case:
         images: One path per channel, in channel order; or a single path to a file holding all channels (a 4D
             NIfTI ``(x, y, z, c)`` or a vector NRRD/MetaImage). Each path is a file or a DICOM series folder.
         label: Path of the label map (integer values from the manifest's ``labels``), or ``None`` when unlabelled.
+            In an instance manifest (``task: "instance"``) the map holds object ids: 0 background, ``k > 0`` object
+            ``k``.
+        classes: Instance manifests: the class (a ``labels`` value) of each object id, as ``(id, class)`` pairs in
+            increasing id order; ``None`` when every object has the manifest's one foreground class.
     """
 
     id: str
     images: tuple[str, ...]
     label: str | None = None
+    classes: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "images", tuple(str(p) for p in self.images))
         if self.label is not None:
             object.__setattr__(self, "label", str(self.label))
+        if self.classes is not None:
+            pairs = dict(self.classes) if not isinstance(self.classes, Mapping) else self.classes
+            object.__setattr__(self, "classes", tuple(sorted((int(k), int(v)) for k, v in pairs.items())))
+
+    @property
+    def class_table(self) -> dict[int, int] | None:
+        """Object id → class of an instance case, or ``None`` without a class table."""
+        return None if self.classes is None else dict(self.classes)
 
     @property
     def has_label(self) -> bool:
@@ -128,6 +145,8 @@ class Manifest:
         label_info: Label value → what the manifest says of it beyond its name (``code``, ``category``,
             ``color``; see :mod:`medseg.io.segment_codes`), for the labels given as objects
             (``{"1": {"name": "liver", "code": "SCT:10200004", "color": "#dd8265"}}``).
+        task: ``"semantic"`` (label maps hold one class per voxel) or ``"instance"`` (label maps hold object ids; the
+            ``labels`` are the objects' classes, given per case in ``classes``).
     """
 
     name: str
@@ -142,6 +161,7 @@ class Manifest:
     source_format: str = "medseg"
     format_version: int = FORMAT_VERSION
     label_info: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    task: str = "semantic"
 
     def __post_init__(self) -> None:
         where = self.source if self.source is not None else self.root
@@ -212,6 +232,16 @@ class Manifest:
         """Label value → name."""
         return {v: k for k, v in self.labels.items()}
 
+    @property
+    def is_instance(self) -> bool:
+        """Whether the label maps hold objects (``task: "instance"``)."""
+        return self.task == "instance"
+
+    @property
+    def foreground_classes(self) -> list[int]:
+        """Declared label values other than background 0."""
+        return [v for v in self.label_values if v != 0]
+
     def is_multichannel_file(self, case: Case) -> bool:
         """Whether the case stores all of several channels in one file (e.g. an MSD 4D NIfTI)."""
         return self.num_channels > 1 and len(case.images) == 1
@@ -230,12 +260,16 @@ class Manifest:
             entry: dict[str, Any] = {"id": case.id, "images": [rel(p) for p in case.images]}
             if case.label is not None:
                 entry["label"] = rel(case.label)
+            if case.classes is not None:
+                entry["classes"] = {str(k): v for k, v in case.classes}
             cases.append(entry)
         data: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "description": self.description,
         }
+        if self.task != "semantic":
+            data["task"] = self.task
         data.update(self.extra)
         data["channels"] = [{"name": c.name, "modality": c.modality} for c in self.channels]
         if self.label_info:
@@ -585,6 +619,44 @@ def _parse_splits(value: Any, where: str | os.PathLike[str]) -> list[Split]:
     return splits
 
 
+def _parse_classes(value: Any, labels: Mapping[str, int], task: str, where: str | os.PathLike[str], ctx: str
+                   ) -> dict[int, int] | None:
+    """A case's ``classes``: ``{"id": class}`` with the class a label name or value; object id → class value."""
+    if value is None:
+        return None
+    if task != "instance":
+        raise ManifestError(f"{ctx}: 'classes' gives the class of each object of an instance label map; add "
+                            "\"task\": \"instance\" to the manifest (or remove 'classes')", where)
+    if not isinstance(value, dict):
+        raise ManifestError(f"{ctx}: 'classes' must be an object {{\"object id\": class}}, not {_json_type(value)}",
+                            where)
+    by_name = dict(labels)
+    values = set(labels.values())
+    out: dict[int, int] = {}
+    for key, cls in value.items():
+        text = str(key).strip()
+        if not text.isdigit() or int(text) < 1:
+            raise ManifestError(f"{ctx}: 'classes': key {quote(key)} is not an object id (a positive integer)", where)
+        if int(text) > MAX_INSTANCE_ID:
+            raise ManifestError(f"{ctx}: 'classes': object id {text} is above {MAX_INSTANCE_ID}, the largest id "
+                                "medseg stores", where)
+        if isinstance(cls, str) and cls in by_name:
+            number = by_name[cls]
+        elif isinstance(cls, int) and not isinstance(cls, bool) and cls in values:
+            number = cls
+        else:
+            known = ", ".join(f"{n} ({v})" for n, v in labels.items() if v != 0)
+            raise ManifestError(f"{ctx}: 'classes': object {text}: {quote(cls)} is not a declared class "
+                                f"(declared: {known})", where)
+        if number == 0:
+            raise ManifestError(f"{ctx}: 'classes': object {text} has the background class; an object's class is "
+                                "a foreground label", where)
+        if int(text) in out:
+            raise ManifestError(f"{ctx}: 'classes': object {text} is listed twice", where)
+        out[int(text)] = number
+    return out
+
+
 def _format_version(data: Mapping[str, Any], where: str | os.PathLike[str]) -> int:
     version = data.get("format_version", FORMAT_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -601,6 +673,10 @@ def _from_own(
 ) -> Manifest:
     _unknown_keys(data, _OWN_KEYS + _INFO_KEYS + _DERIVED_KEYS, where, "")
     version = _format_version(data, where)
+    task = data.get("task", "semantic")
+    if task not in TASKS:
+        raise ManifestError(f"'task' must be one of {', '.join(repr(t) for t in TASKS)}, not {json.dumps(task)}",
+                            where)
     channels = _parse_channels_own(data.get("channels"), where)
     labels = _parse_labels(data.get("labels"), where)
     raw_cases = data["cases"]
@@ -623,7 +699,8 @@ def _from_own(
         images = _parse_images(entry["images"], where, ctx)
         label = entry.get("label")
         label = None if label is None else _clean_path(label, where, f"{ctx}.label")
-        cases.append(Case(id=entry["id"], images=images, label=label))
+        classes = _parse_classes(entry.get("classes"), labels, task, where, ctx)
+        cases.append(Case(id=entry["id"], images=images, label=label, classes=classes))
     return Manifest(
         name=_require_str(data, "name", where, default=""),
         description=_require_str(data, "description", where, default=""),
@@ -637,6 +714,7 @@ def _from_own(
         source=None if source is None else Path(os.path.abspath(source)),
         source_format="medseg",
         format_version=version,
+        task=task,
     )
 
 
@@ -726,6 +804,22 @@ def _validate(m: Manifest, where: str | os.PathLike[str]) -> None:
         raise ManifestError("'labels': background 0 is missing (e.g. \"background\": 0)", where)
     if not m.cases:
         raise ManifestError("no cases", where)
+    if m.task not in TASKS:
+        raise ManifestError(f"'task' must be one of {', '.join(TASKS)}, not {m.task!r}", where)
+    if m.task == "instance":
+        foreground = [v for v in values if v != 0]
+        if not foreground:
+            raise ManifestError("'labels': an instance manifest declares at least one object class besides "
+                                "background 0", where)
+        if len(foreground) > 1:
+            untabled = [c.id for c in m.cases if c.label is not None and c.classes is None]
+            if untabled:
+                raise ManifestError(f"the manifest declares {len(foreground)} object classes, so every labelled case "
+                                    f"needs 'classes' (object id → class); missing in {_short_list(untabled)}", where)
+    for case in m.cases:
+        if case.classes is not None and m.task != "instance":
+            raise ManifestError(f"case {case.id!r}: 'classes' is only for instance manifests (\"task\": "
+                                "\"instance\")", where)
     seen_ids: dict[str, int] = {}
     output_ids: dict[str, int] = {}
     n = len(m.channels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_METRICS", "METRICS", "MetricSpec", "metric_help", "metric_spec"]
+__all__ = ["DEFAULT_METRICS", "INSTANCE_METRICS", "METRICS", "MetricSpec", "metric_help", "metric_spec"]
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,27 @@ METRICS: tuple[MetricSpec, ...] = (
 #: ``--metrics`` when not given.
 DEFAULT_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.default)
 
+#: The metrics of instance evaluations (``medseg evaluate`` against an instance manifest or with ``--instances``);
+#: objects match when they have the same class and overlap with IoU above 0.5 (computed in
+#: :mod:`medseg.evaluation.instance`).
+INSTANCE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("pq", "PQ", "", True, False, True, "panoptic quality SQ × RQ (Kirillov et al., CVPR 2019)"),
+    MetricSpec("sq", "SQ", "", True, False, True, "segmentation quality: the mean IoU of the matched objects"),
+    MetricSpec("rq", "RQ", "", True, False, True, "recognition quality TP / (TP + FP/2 + FN/2)"),
+    MetricSpec("f1", "F1", "", True, False, True, "instance F1 at IoU 0.5: 2TP / (2TP + FP + FN)"),
+    MetricSpec("aji", "AJI", "", True, False, True,
+               "aggregated Jaccard index over all objects, classes ignored (Kumar et al., IEEE TMI 2017)"),
+)
+
 
 def metric_spec(key: str) -> MetricSpec:
-    """The metric of a name (``hd95``) or result key (``HD95``, ``NSD_2mm``).
+    """The metric of a name (``hd95``, ``pq``) or result key (``HD95``, ``NSD_2mm``, ``PQ``).
 
     Raises:
         KeyError: No such metric.
     """
     prefix = "NSD" if key.startswith("NSD_") else key
-    for spec in METRICS:
+    for spec in (*METRICS, *INSTANCE_METRICS):
         if key == spec.name or prefix == spec.key:
             return spec
     raise KeyError(key)

@@ -35,10 +35,12 @@ from medseg.inference.ledger import Ledger, fingerprint_files, settings_hash
 from medseg.inference.writers import (
     LABELS_FILE,
     dicom_seg_problem,
+    instances_path,
     output_path,
     probabilities_path,
     rtstruct_problem,
     write_dicom_seg,
+    write_instances,
     write_labels,
     write_probabilities,
     write_uncertainty,
@@ -501,6 +503,9 @@ def _run_cases(predictor: Any, cases: Sequence[CaseInput], out: Path, ledger: Le
                     affine = np.asarray(prediction.labels.affine, dtype=np.float64)
                     written += [str(p) for p in write_uncertainty(prediction.uncertainty, affine, out, case.stem,
                                                                   ending)]
+                if getattr(prediction, "instances", None) is not None:  # an instance prediction's object table
+                    written.append(str(write_instances(prediction.instances, instances_path(out, case.stem),
+                                                       case.case_id)))
                 timings["write"] = time.perf_counter() - t0
                 timings["total"] = time.perf_counter() - started
                 if problems:

@@ -144,8 +144,10 @@ def load_fold(fold_dir: Path, checkpoint: str = "final") -> FoldModel:
     mirrored = bool(augmentation.get("enabled", True)) and bool(augmentation.get("mirror", True))
     mirror_axes = list(range(len(patch))) if mirrored else []
     from medseg.models.adapters import volume_windows
+    from medseg.models.instance.base import InstanceSegmentationModel
 
-    model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
+    if not isinstance(model, InstanceSegmentationModel):  # instance models keep their own windows
+        model, patch, mirror_axes = volume_windows(model, patch, mirror_axes)  # 2d: slice by slice
     model.eval()
     fold = state.get("fold", -1)
     return FoldModel(run_dir=fold_dir, fold=fold if fold == "all" else int(fold), configuration=configuration,
@@ -260,6 +262,29 @@ class PreparedCase:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def prepare_case(plans: dict[str, Any], configuration: str, case_id: str, image: Any) -> PreparedCase:
+    """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the plans' configuration says."""
+    from medseg.io import check_finite, require_3d
+    from medseg.preprocessing import configuration_of, preprocess_case
+
+    where = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
+    require_3d(image, where, channels=configuration_of(plans, configuration).num_channels)
+    check_finite(image, where)
+    start = time.perf_counter()
+    data, _, properties = preprocess_case(image, plans, configuration)
+    return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
+
+
+def output_meta(image: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """The affine and the meta entries a prediction keeps from its input image."""
+    meta = dict(getattr(image, "meta", {}) or {})
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+    keep = {k: meta[k] for k in ("filename_or_obj", "format", "series_instance_uid", "study_instance_uid",
+                                 "sop_instance_uids", "source_files", "frame_of_reference_uid", "patient_id",
+                                 "modality", "series_description") if k in meta}
+    return affine, keep
+
+
 @dataclass
 class Prediction:
     """A label map on the input's grid, optional probabilities, and what the run took.
@@ -271,6 +296,8 @@ class Prediction:
         window_stats: What the sliding window did.
         uncertainty: With samples (:class:`Predictor`'s ``samples``): their mean probability, entropy, mutual
             information and, when kept, per-sample label maps; ``labels`` is then the mean's argmax.
+        instances: Instance predictions: one entry per object (id, class, score, voxels, volume, centroid), written
+            as ``CASE_instances.json``; ``None`` for label maps of classes.
     """
 
     labels: Any
@@ -278,6 +305,7 @@ class Prediction:
     seconds: dict[str, float]
     window_stats: SlidingWindowStats
     uncertainty: SampleSummary | None = None
+    instances: list[dict[str, Any]] | None = None
 
 
 class Predictor:
@@ -368,14 +396,13 @@ class Predictor:
 
     def prepare(self, case_id: str, image: Any) -> PreparedCase:
         """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the run's plans say."""
-        from medseg.io import check_finite, require_3d
-        from medseg.preprocessing import preprocess_case
-
-        where = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
-        expected = self.cfg.num_channels
-        require_3d(image, where, channels=expected)
-        check_finite(image, where)
         if self.previous is not None:  # the cascade: the previous stage's label map, preprocessed with the image
+            from medseg.io import check_finite, require_3d
+            from medseg.preprocessing import preprocess_case
+
+            where = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
+            require_3d(image, where, channels=self.cfg.num_channels)
+            check_finite(image, where)
             start = time.perf_counter()
             earlier = self.previous.predict(image, case_id)
             seconds = {"previous_stage": time.perf_counter() - start}
@@ -386,14 +413,16 @@ class Predictor:
             data = np.concatenate([data, onehot])
             seconds["preprocess"] = time.perf_counter() - start
             return PreparedCase(case_id, image, data, properties, seconds)
-        start = time.perf_counter()
-        data, _, properties = preprocess_case(image, self.plans, self.configuration)
+        prepared = prepare_case(self.plans, self.configuration, case_id, image)
         first = self.folds[0]
         if first.coordinates != "none":
             from medseg.preprocessing.coordinates import append_coordinates
 
-            data = append_coordinates(data, properties, first.coordinates, first.coordinate_scale)
-        return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
+            start = time.perf_counter()
+            prepared.data = append_coordinates(prepared.data, prepared.properties, first.coordinates,
+                                               first.coordinate_scale)
+            prepared.seconds["preprocess"] += time.perf_counter() - start
+        return prepared
 
     def predict_prepared(self, case: PreparedCase, *, probabilities: bool = False) -> Prediction:
         """Predict a prepared case and map it back to the input grid."""
@@ -413,11 +442,7 @@ class Predictor:
             if self.lcc:
                 labels = largest_component_per_class(labels)
             seconds["postprocess"] = time.perf_counter() - start
-        meta = dict(getattr(case.image, "meta", {}) or {})
-        affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
-        keep = {k: meta[k] for k in ("filename_or_obj", "format", "series_instance_uid", "study_instance_uid",
-                                     "sop_instance_uids", "source_files", "frame_of_reference_uid", "patient_id",
-                                     "modality", "series_description") if k in meta}
+        affine, keep = output_meta(case.image)
         image = make_image(labels[None], affine, keep)
         if native_probabilities is not None:
             native_probabilities = native_probabilities.astype(np.float16, copy=False)

@@ -41,6 +41,22 @@ def output_path(out_dir: Path, case_id: str, fmt: str) -> Path:
     return out_dir / f"{case_id}{DICOM_TAGS.get(fmt, '')}{FORMATS[fmt]}"
 
 
+def instances_path(out_dir: Path, case_id: str) -> Path:
+    """Where the object table of an instance prediction of ``case_id`` goes."""
+    return out_dir / f"{case_id}_instances.json"
+
+
+def write_instances(instances: Sequence[Mapping[str, Any]], path: Path, case_id: str) -> Path:
+    """Write an instance prediction's object table (``{"case", "task", "instances": [...]}``) atomically.
+
+    Each object: ``id`` (its value in the label map), ``class``, ``class_name``, ``score``, ``voxels``,
+    ``volume_mm3`` and ``centroid_mm`` (RAS). ``medseg evaluate`` reads the classes from it.
+    """
+    from medseg.utils.files import atomic_json
+
+    return atomic_json(path, {"case": case_id, "task": "instance", "instances": list(instances)})
+
+
 def probabilities_path(out_dir: Path, case_id: str) -> Path:
     """Where the probabilities of ``case_id`` go."""
     return out_dir / f"{case_id}_probabilities.npz"

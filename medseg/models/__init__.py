@@ -9,7 +9,10 @@ Adding an architecture: write ``medseg/models/<family>/<name>.py`` with a :func:
 :class:`SegmentationModel` subclass and add one import line below.
 """
 
+from medseg.models import instance as _instance  # noqa: F401
+from medseg.models import interactive as _interactive  # noqa: F401
 from medseg.models import natural as _natural  # noqa: F401
+from medseg.models import panoptic as _panoptic  # noqa: F401
 from medseg.models.attention import ahcnet as _attention_ahcnet  # noqa: F401
 from medseg.models.attention import attention_unet as _attention_attention_unet  # noqa: F401
 from medseg.models.attention import csa_unet as _attention_csa_unet  # noqa: F401

@@ -22,6 +22,7 @@ from torch import nn
 from medseg.errors import ModelError
 
 __all__ = [
+    "TASKS",
     "ModelInfo",
     "PaperConfig",
     "count_parameters",
@@ -72,6 +73,9 @@ class ModelInfo:
             ``model.input_divisor``).
         deep_supervision: Whether the model can return deep-supervision outputs (``deep_supervision=True``).
         test_kwargs: Keyword arguments of a small variant for the contract tests, per spatial dims.
+        task: What the model outputs: ``"semantic"`` (one class per voxel: ``(B, out_channels, *spatial)``
+            logits), ``"instance"`` or ``"panoptic"`` (separate objects with a class each) or ``"interactive"``
+            (the object marked by user points); see :mod:`medseg.models.instance.base` for the other tasks' contract.
     """
 
     name: str
@@ -84,6 +88,7 @@ class ModelInfo:
     divisor: Mapping[int, int]
     deep_supervision: bool
     test_kwargs: Mapping[int, Mapping[str, Any]]
+    task: str = "semantic"
 
     @property
     def summary(self) -> str:
@@ -97,6 +102,9 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+
+#: The tasks a model can be registered for (see :class:`ModelInfo`).
+TASKS = ("semantic", "instance", "panoptic", "interactive")
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -112,6 +120,7 @@ def register_model(
     divisor: int | Mapping[int, int],
     deep_supervision: bool = False,
     test_kwargs: Mapping[str, Any] | Mapping[int, Mapping[str, Any]] | None = None,
+    task: str = "semantic",
 ) -> Callable[[M], M]:
     """Class decorator that registers a model class under ``name``.
 
@@ -126,10 +135,13 @@ def register_model(
         deep_supervision: Whether ``deep_supervision=True`` is supported.
         test_kwargs: Options of a small variant for the contract tests: one mapping for all dims, or a mapping
             from spatial dims to options.
+        task: ``"semantic"`` (default), ``"instance"``, ``"panoptic"`` or ``"interactive"``.
 
     Returns:
         The decorator, which returns the class unchanged.
     """
+    if task not in TASKS:
+        raise ModelError(f"model {name!r}: task must be one of {', '.join(TASKS)}, got {task!r}")
 
     def decorator(cls: M) -> M:
         if name in _REGISTRY:
@@ -156,6 +168,7 @@ def register_model(
             divisor=MappingProxyType(div),
             deep_supervision=deep_supervision,
             test_kwargs=MappingProxyType({d: MappingProxyType(dict(v)) for d, v in tk.items()}),
+            task=task,
         )
         cls.registry_name = name  # type: ignore[attr-defined]
         return cls
@@ -163,16 +176,23 @@ def register_model(
     return decorator
 
 
-def list_models(family: str | None = None) -> list[str]:
-    """Return the registered model names, sorted, optionally only those of one family.
+def list_models(family: str | None = None, *, task: str | None = None) -> list[str]:
+    """Return the registered model names, sorted, optionally only those of one family and/or one task.
+
+    Args:
+        family: Only the models of this family.
+        task: Only the models of this task (``"semantic"``, ``"instance"``, ``"panoptic"``, ``"interactive"``).
 
     Raises:
-        ModelError: ``family`` is given and no model belongs to it.
+        ModelError: ``family`` is given and no model belongs to it, or ``task`` is not a task.
     """
+    if task is not None and task not in TASKS:
+        raise ModelError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    names = sorted(n for n, info in _REGISTRY.items() if task is None or info.task == task)
     if family is None:
-        return sorted(_REGISTRY)
-    names = sorted(n for n, info in _REGISTRY.items() if info.family == family)
-    if not names:
+        return names
+    names = [n for n in names if _REGISTRY[n].family == family]
+    if not names and not any(info.family == family for info in _REGISTRY.values()):
         raise ModelError(f"unknown model family {family!r}; choose one of: {', '.join(list_families())}")
     return names
 

@@ -16,6 +16,7 @@ from typing import Any
 _WHERE = {
     "CASCADE": "medseg.planning.schema",
     "CONFIGURATIONS": "medseg.planning.schema",
+    "DEFAULT_INSTANCE_MODEL": "medseg.planning.planner",
     "DEFAULT_MAX_SAMPLES": "medseg.planning.presets",
     "DEFAULT_MODEL": "medseg.planning.planner",
     "DEFAULT_PRESET": "medseg.planning.presets",
@@ -62,6 +63,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "CASCADE",
     "CONFIGURATIONS",
+    "DEFAULT_INSTANCE_MODEL",
     "DEFAULT_MAX_SAMPLES",
     "DEFAULT_MODEL",
     "DEFAULT_PRESET",

@@ -110,6 +110,8 @@ def analyze_case(
     n_channels: int = 1,
     max_samples: int = DEFAULT_MAX_SAMPLES,
     seed: int = DEFAULT_SEED,
+    instance_classes: Mapping[int, int] | None = None,
+    instance_default: int | None = None,
 ) -> dict[str, Any]:
     """Fingerprint one case (runs in a worker process).
 
@@ -123,6 +125,10 @@ def analyze_case(
         n_channels: The number of channels the manifest declares.
         max_samples: The dataset-wide sample size (a case never needs to return more).
         seed: Sampling seed.
+        instance_classes: Instance manifests: the case's object id → class table (``None``: every object is
+            ``instance_default``).
+        instance_default: Instance manifests: the class of objects without a table entry; ``None`` for semantic
+            label maps. The object ids are turned into their classes before anything is counted.
 
     Returns:
         ``{"case": {...per-case fingerprint...}, "keys": float64[n], "values": float32[C, n]}``.
@@ -135,6 +141,10 @@ def analyze_case(
         if not np.array_equal(rounded, label):
             raise PlanningError("label map holds non-integer values", label_path)
         label = rounded.astype(np.int64)
+    if instance_default is not None:
+        from medseg.data.instances import class_map
+
+        label = class_map(label, instance_classes, instance_default)
     values, counts = np.unique(label, return_counts=True)
     unknown = sorted(set(int(v) for v in values) - set(int(v) for v in label_values))
     if unknown:
@@ -260,6 +270,8 @@ def compute_fingerprint(
                     "n_channels": manifest.num_channels,
                     "max_samples": max_samples,
                     "seed": seed,
+                    **({"instance_classes": case.class_table, "instance_default": manifest.foreground_classes[0]}
+                       if manifest.is_instance else {}),
                 },
             )
         )
@@ -295,7 +307,9 @@ def compute_fingerprint(
     values = values[:, order]
     total_fg = sum(c["foreground_voxels"] for c in per_case)
     class_totals = {str(v): sum(c["class_voxel_counts"][str(v)] for c in per_case) for v in label_values}
+    task = {"task": manifest.task} if manifest.is_instance else {}
     return {
+        **task,
         "fingerprint_version": FINGERPRINT_VERSION,
         "medseg_version": __version__,
         "dataset_name": manifest.name,
@@ -329,7 +343,8 @@ def inputs_digest(manifest: Any) -> str:
     digest = hashlib.sha256()
     for case in manifest.labelled_cases:
         paths = [*manifest.image_paths(case), manifest.label_path(case)]
-        digest.update(state_digest(paths, extra=f"case {case.id}\n").encode())
+        classes = "" if case.classes is None else f"classes {list(case.classes)}\n"  # instance manifests
+        digest.update(state_digest(paths, extra=f"case {case.id}\n{classes}").encode())
     return digest.hexdigest()
 
 
@@ -343,7 +358,8 @@ def fingerprint_matches(fingerprint: Mapping[str, Any], manifest: Any) -> bool:
     except (KeyError, TypeError):
         return False
     return (
-        ids == [c.id for c in manifest.labelled_cases]
+        fingerprint.get("task", "semantic") == manifest.task
+        and ids == [c.id for c in manifest.labelled_cases]
         and channels == [(c.name, c.modality) for c in manifest.channels]
         and labels == dict(manifest.labels)
         and digest == inputs_digest(manifest)

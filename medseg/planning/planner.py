@@ -71,6 +71,8 @@ LOWRES_MIN_SIZE_RATIO = 2.0
 NONZERO_MASK_THRESHOLD = 0.75
 #: Default model (registry key of the dynamic plain-conv U-Net).
 DEFAULT_MODEL = "nnunet"
+#: The model instance datasets (``"task": "instance"`` manifests) are planned with when no ``--model`` is given.
+DEFAULT_INSTANCE_MODEL = "mask_rcnn"
 
 #: nnU-Net's normalisation schemes, chosen from a channel's modality or name (case-insensitive); others: z-score.
 _SCHEME_BY_NAME = {
@@ -480,15 +482,22 @@ def _topology_kwargs(cfg: _Configuration, preset: Preset) -> dict[str, Any]:
     }
 
 
-def resolve_model(model: str, spatial_dims: Iterable[int]) -> tuple[str, set[str] | None]:
+def resolve_model(model: str, spatial_dims: Iterable[int], task: str = "semantic") -> tuple[str, set[str] | None]:
     """Check ``model`` against the model registry and return it with the keyword options it accepts.
 
     The registry is imported here, not at module import, so that planning works without it. When it cannot be
     imported, only the default ``nnunet`` is allowed and its options are not checked (``None``).
 
+    Args:
+        model: Registry key.
+        spatial_dims: The dims the planned configurations need.
+        task: ``"semantic"`` (the model must take the planned topology) or ``"instance"`` (an instance, panoptic or
+            interactive model; its own layout is kept).
+
     Raises:
-        PlanningError: Unknown model, a model that cannot take the planned topology (``kernel_sizes`` and
-            ``strides``), or one that does not support the configurations' spatial dimensions.
+        PlanningError: Unknown model, a model of the other task, a semantic model that cannot take the planned
+            topology (``kernel_sizes`` and ``strides``), or one that does not support the configurations' spatial
+            dimensions.
     """
     try:
         from medseg import models as registry
@@ -506,7 +515,14 @@ def resolve_model(model: str, spatial_dims: Iterable[int]) -> tuple[str, set[str
     except ModelError as exc:
         raise PlanningError(str(exc)) from None
     accepted = set(info.accepted_kwargs())
-    if not {"kernel_sizes", "strides"} <= accepted:
+    if task == "instance" and info.task == "semantic":
+        fitting = [n for n in sorted(names) if registry.get_model_info(n).task != "semantic"]
+        raise PlanningError(f"model {model!r} gives one class per voxel, but the dataset's label maps hold objects "
+                            f"(\"task\": \"instance\"); choose one of: {', '.join(fitting)}")
+    if task != "instance" and info.task != "semantic":
+        raise PlanningError(f"model {model!r} finds objects ({info.task}); the dataset's label maps hold one class per "
+                            "voxel (its manifest has no \"task\": \"instance\")")
+    if task != "instance" and not {"kernel_sizes", "strides"} <= accepted:
         fitting = [
             n for n in sorted(names) if {"kernel_sizes", "strides"} <= set(registry.get_model_info(n).accepted_kwargs())
         ]
@@ -662,6 +678,11 @@ def plan_experiment(
 
     validate_fingerprint(dict(fingerprint), "fingerprint")
     wanted = parse_configs(configs)
+    task = str(fingerprint.get("task", "semantic"))
+    if task not in ("semantic", "instance"):
+        raise PlanningError(f"the fingerprint's task {task!r} is neither 'semantic' nor 'instance'")
+    if task == "instance" and model is None and preset == DEFAULT_PRESET:
+        model = DEFAULT_INSTANCE_MODEL
     chosen, gpu_memory_gb, model, plans_identifier = resolve_preset(preset, gpu_memory_gb, model)
 
     cases = fingerprint["cases"]
@@ -682,7 +703,7 @@ def plan_experiment(
     dims_needed = {2} if "2d" in wanted else set()
     if is_3d and ({"3d_fullres", "3d_lowres"} & set(wanted)):
         dims_needed.add(3)
-    model, accepted = resolve_model(model, dims_needed)
+    model, accepted = resolve_model(model, dims_needed, task)
 
     planner = _Planner(num_classes, gpu_memory_gb, chosen)
     normalization = _normalization(fingerprint)
@@ -738,9 +759,12 @@ def plan_experiment(
             configurations[CASCADE] = cascade
             configurations["3d_lowres"]["next_stage"] = CASCADE
 
+    if task == "instance":
+        _fit_instance_patches(configurations, model, notes)
     median_spacing = np.median(spacings, axis=0)[forward]
     median_shape = np.median(shapes, axis=0)[forward]
     return {
+        **({"task": task} if task != "semantic" else {}),
         "plans_version": PLANS_VERSION,
         "medseg_version": __version__,
         "planner": _PLANNER_TEXT[chosen.residual].format(chosen.nnunet_planner),
@@ -762,6 +786,21 @@ def plan_experiment(
         "notes": notes,
         "configurations": configurations,
     }
+
+
+def _fit_instance_patches(configurations: dict[str, Any], model: str, notes: list[str]) -> None:
+    """Round each configuration's patch up to a multiple of the instance model's input divisor."""
+    from medseg.models import get_model_info
+
+    info = get_model_info(model)
+    for name, entry in configurations.items():
+        dims = int(entry["spatial_dims"])
+        divisor = int(info.divisor.get(dims, 1))
+        patch = [int(-(-p // divisor) * divisor) for p in entry["patch_size"]]
+        if patch != list(entry["patch_size"]):
+            notes.append(f"{name}: patch {entry['patch_size']} rounded up to {patch}, a multiple of {model}'s input "
+                         f"divisor {divisor}")
+            entry["patch_size"] = patch
 
 
 _PLANNER_TEXT = {

@@ -8,6 +8,10 @@ Layout (``cache_dir`` defaults to ``preprocessed/`` next to ``plans.json`` in ``
         <case>_seg.npy        int16 (1, *planned_spatial): labels, -1 = background outside the nonzero mask
         <case>_fg.npz         one int32 array (k, 3) per foreground label value: sampled voxel coordinates
         <case>.json           properties from :func:`~medseg.preprocessing.preprocess_case`
+        <case>_instances.json instance datasets: {"classes": {object id: class}} of the objects in <case>_seg.npy
+
+In an instance dataset ``<case>_seg.npy`` holds the object ids (resampled like labels, each id through its own
+channel), and the foreground locations are those of each class's objects.
 
 A cache built with ``labels=False`` (the unlabelled target images of domain adaptation) holds every case of its
 manifest without ``_seg.npy`` and ``_fg.npz``; its ``cache.json`` says ``"labels": false``.
@@ -57,6 +61,8 @@ def plans_digest(plans: Mapping[str, Any], configuration: str) -> str:
         "channels": plain(cfg.channels) or None,
         "labels": plain(cfg.labels) or None,
     }
+    if cfg.is_instance:
+        relevant["task"] = cfg.task
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -88,8 +94,13 @@ def preprocess_to_files(
     plans: Mapping[str, Any],
     configuration: str,
     folder: str,
+    instance_classes: Mapping[int, int] | None = None,
 ) -> str:
-    """Preprocess one case from its files and write its cache files into ``folder`` (runs in a worker)."""
+    """Preprocess one case from its files and write its cache files into ``folder`` (runs in a worker).
+
+    ``instance_classes`` (instance datasets): the case's object id → class table, ``None`` for the one foreground
+    class.
+    """
     image, label = _load_case(image_paths, label_path)
     data, seg, properties = preprocess_case(image, plans, configuration, label)
     out = Path(folder)
@@ -97,14 +108,24 @@ def preprocess_to_files(
     if seg is not None:
         atomic_write(out / f"{case_id}_seg.npy", lambda h: np.save(h, seg))
         values = [v for v in sorted(label_names(plans)) if v > 0]
-        locs = {str(k): v for k, v in class_locations(seg, values).items()}
+        located = seg
+        if configuration_of(plans, configuration).is_instance:
+            from medseg.data.instances import class_lookup, class_map
+
+            ids = np.unique(seg[seg > 0])
+            lookup = class_lookup(ids, instance_classes, values[0])
+            classes = {str(int(k)): int(lookup[int(k)]) for k in ids}
+            atomic_json(out / f"{case_id}_instances.json", {"classes": classes}, indent=1)
+            located = class_map(seg, instance_classes, values[0])
+        locs = {str(k): v for k, v in class_locations(located, values).items()}
         atomic_write(out / f"{case_id}_fg.npz", lambda h: np.savez(h, **locs))
     atomic_json(out / f"{case_id}.json", properties, indent=1, allow_nan=True)
     return case_id
 
 
-def _case_files(folder: Path, case_id: str, labelled: bool = True) -> list[Path]:
+def _case_files(folder: Path, case_id: str, labelled: bool = True, instance: bool = False) -> list[Path]:
     endings = (".npy", "_seg.npy", "_fg.npz", ".json") if labelled else (".npy", ".json")
+    endings = (*endings, *(("_instances.json",) if instance and labelled else ()))
     return [folder / f"{case_id}{s}" for s in endings]
 
 
@@ -117,7 +138,8 @@ def cache_is_valid(folder: Path, expected: Mapping[str, Any]) -> bool:
     if any(stored.get(k) != v for k, v in expected.items()):
         return False
     labelled = bool(expected.get("labels", True))
-    return all(p.is_file() for c in expected["cases"] for p in _case_files(folder, c, labelled))
+    instance = expected.get("task") == "instance"
+    return all(p.is_file() for c in expected["cases"] for p in _case_files(folder, c, labelled, instance))
 
 
 def preprocess_dataset(
@@ -154,6 +176,7 @@ def preprocess_dataset(
         "plans_digest": plans_digest(plans, configuration),
         "inputs_digest": inputs_digest(manifest),
         "cases": [c.id for c in cases],
+        **({"task": cfg.task} if cfg.is_instance else {}),
     }
     if not labels:
         expected["labels"] = False
@@ -164,7 +187,7 @@ def preprocess_dataset(
     folder.mkdir(parents=True)
     jobs = [
         (c.id, [str(p) for p in manifest.image_paths(c)], str(manifest.label_path(c)) if labels else None,
-         dict(plans), configuration, str(folder))
+         dict(plans), configuration, str(folder), c.class_table)
         for c in cases
     ]
     done = 0
@@ -189,7 +212,8 @@ def preprocess_dataset(
 def load_cached_case(folder: str | os.PathLike[str], case_id: str, mmap: bool = True) -> dict[str, Any]:
     """Open one cached case: ``data``, ``seg`` (memory-mapped by default), ``locations``, ``properties``.
 
-    A case cached without labels has ``seg`` ``None`` and no ``locations``.
+    A case cached without labels has ``seg`` ``None`` and no ``locations``. Instance datasets add
+    ``instance_classes``: object id → class of the objects in ``seg``.
     """
     folder = Path(folder)
     mode = "r" if mmap else None
@@ -199,7 +223,12 @@ def load_cached_case(folder: str | os.PathLike[str], case_id: str, mmap: bool = 
         with np.load(folder / f"{case_id}_fg.npz") as npz:
             locations = {int(k): npz[k] for k in npz.files}
         seg = np.load(folder / f"{case_id}_seg.npy", mmap_mode=mode)
+    extra = {}
+    instances = folder / f"{case_id}_instances.json"
+    if instances.is_file():
+        extra["instance_classes"] = {int(k): int(v) for k, v in json.loads(instances.read_text())["classes"].items()}
     return {
+        **extra,
         "id": case_id,
         "data": np.load(folder / f"{case_id}.npy", mmap_mode=mode),
         "seg": seg,

@@ -67,8 +67,9 @@ class Configuration:
         model: The planned network.
         previous_stage: The configuration whose prediction a cascade stage takes (``None`` otherwise).
         next_stage: The cascade stage that takes this configuration's prediction (``None`` otherwise).
-        labels: Label name → value of the dataset.
+        labels: Label name → value of the dataset (the objects' classes for an instance dataset).
         channels: The dataset's input channels.
+        task: ``"semantic"`` (label maps hold classes) or ``"instance"`` (label maps hold objects).
     """
 
     name: str
@@ -89,6 +90,12 @@ class Configuration:
     next_stage: str | None
     labels: Mapping[str, int]
     channels: tuple[Any, ...]
+    task: str = "semantic"
+
+    @property
+    def is_instance(self) -> bool:
+        """Whether the configuration trains on objects (an instance dataset)."""
+        return self.task == "instance"
 
     @property
     def num_classes(self) -> int:
@@ -176,6 +183,7 @@ def configuration_of(plans: Mapping[str, Any], configuration: str) -> Configurat
             next_stage=raw.get("next_stage"),
             labels=_frozen(dict(plans.get("labels") or {})),
             channels=_frozen(list(plans.get("channels") or [])),
+            task=str(plans.get("task") or "semantic"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PlanningError(f"configuration {configuration!r} of the plans is malformed ({exc!r} missing or wrong)"

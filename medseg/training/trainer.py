@@ -199,7 +199,15 @@ class FoldSpec:
 
 
 class FoldTrainer:
-    """Trains one fold (see the module docstring); rank 0 writes the run folder."""
+    """Trains one fold (see the module docstring); rank 0 writes the run folder.
+
+    Other tasks subclass it through four hooks: :attr:`dataset_class` (the batches), :meth:`training_loss` (the loss
+    of a batch), :meth:`validation_step` (loss and per-class counts of a validation batch) and
+    :meth:`final_validation` (see :class:`medseg.training.instance.InstanceFoldTrainer`).
+    """
+
+    #: The batches of the training and validation cases.
+    dataset_class: type[BatchDataset] = BatchDataset
 
     def __init__(self, plans: dict[str, Any], configuration: str, config: TrainConfig, spec: FoldSpec,
                  splits: list[dict[str, list[str]]], cache_folder: Path, info: DistInfo, device: torch.device,
@@ -382,28 +390,37 @@ class FoldTrainer:
                   "oversample_foreground": c.oversample_foreground, "previous": self.previous,
                   "num_classes": self.num_classes, "coordinates": c.coordinates,
                   "coordinate_scale": c.coordinate_scale}
-        train = BatchDataset(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch, stream=TRAIN_STREAM,
-                             augmentation=c.augmentation, **common)
+        train = self.dataset_class(case_ids=self.spec.train_ids, iterations=c.iterations_per_epoch,
+                                   stream=TRAIN_STREAM, augmentation=c.augmentation, **common)
         from dataclasses import replace
 
-        val = BatchDataset(case_ids=self.spec.val_ids, iterations=c.val_iterations, stream=VAL_STREAM,
-                           augmentation=replace(c.augmentation, enabled=False), **common)
+        val = self.dataset_class(case_ids=self.spec.val_ids, iterations=c.val_iterations, stream=VAL_STREAM,
+                                 augmentation=replace(c.augmentation, enabled=False), **common)
         return train, val
+
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of a training batch (called inside the autocast context).
+
+        The model's own objective or the configured loss, plus the generator terms of the training methods
+        (adversarial training, domain adaptation).
+        """
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        if self.objective is not None:
+            output = self.network(data, target=target)
+            loss = self.objective(output, target)
+        else:
+            output = self.network(data)
+            loss = self.loss(output, target)
+        for hook in self.hooks:
+            loss = loss + hook.generator_loss(data, output, target)
+        return loss
 
     def train_step(self, batch: dict[str, Any]) -> float:
         """One optimiser step on a batch; returns the loss."""
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            if self.objective is not None:
-                output = self.network(data, target=target)
-                loss = self.objective(output, target)
-            else:
-                output = self.network(data)
-                loss = self.loss(output, target)
-            for hook in self.hooks:
-                loss = loss + hook.generator_loss(data, output, target)
+            loss = self.training_loss(batch)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -719,6 +736,11 @@ def train(
         if not splits[index]["train"] or not splits[index]["val"]:
             raise TrainingError(f"split {index} has no training or no validation cases")
 
+    trainer_class = FoldTrainer
+    if configuration_of(plans, configuration).is_instance:
+        from medseg.training.instance import InstanceFoldTrainer
+
+        trainer_class = InstanceFoldTrainer
     info = launcher_info()
     device = resolve_device(config.device, info.local_rank, option="device")
     if device.type == "cuda":
@@ -742,8 +764,8 @@ def train(
                                                                                   set(spec.val_ids)),
                                                 configuration, str(configuration_of(plans, configuration)
                                                                    .previous_stage))
-            trainer = FoldTrainer(plans, configuration, config, spec, splits, cache_folder, info, device, stream,
-                                  previous)
+            trainer = trainer_class(plans, configuration, config, spec, splits, cache_folder, info, device, stream,
+                                    previous)
             results[fold] = trainer.run(resume)
         return results
     finally:

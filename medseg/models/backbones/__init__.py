@@ -10,11 +10,13 @@ Pretrained weights come only from local files in the torchvision or timm key lay
 Families: VGG-16 (``vgg16``, ``vgg16_bn``), ResNet (``resnet18/34/50/101``), DRN (``drn_c_26/42``,
 ``drn_d_22/38/54``), MobileNetV2 (``mobilenetv2``), Xception-65 (``xception65``), DenseNet (``densenet121/161``,
 ``densenet``), HRNetV2 (``hrnetv2_w18/w48``), ShuffleNet v1/v2 (``shufflenet_v1``, ``shufflenet_v2``), BiSeNet's
-Xception39 (``xception39``), VoVNet (``vovnet39/57``) and OSNet (``osnet``).
+Xception39 (``xception39``), VoVNet (``vovnet39/57``), OSNet (``osnet``) and EfficientNet (``efficientnet_b0``,
+``efficientnet_b5``).
 """
 
 from medseg.models.backbones import densenet as _densenet  # noqa: F401
 from medseg.models.backbones import drn as _drn  # noqa: F401
+from medseg.models.backbones import efficientnet as _efficientnet  # noqa: F401
 from medseg.models.backbones import hrnet as _hrnet  # noqa: F401
 from medseg.models.backbones import mobilenetv2 as _mobilenetv2  # noqa: F401
 from medseg.models.backbones import osnet as _osnet  # noqa: F401
