@@ -22,12 +22,18 @@ from medseg.evaluation.report import (
     _color,
     _e,
     _fmt,
-    _slice_axis,
     _svg,
     matplotlib_available,
 )
 
 __all__ = ["render_instance_report"]
+
+
+def _slice_axis(spacing: Any) -> int:
+    """The through-plane axis: the one with the coarsest spacing (the last axis when all are equal)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    coarsest = np.flatnonzero(np.isclose(spacing, spacing.max(), rtol=1e-3))
+    return int(coarsest[-1])
 
 #: Rows of the object table shown in the report (``instances.csv`` has them all).
 OBJECT_ROWS = 500
