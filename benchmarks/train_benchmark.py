@@ -82,8 +82,6 @@ def make_batch(patch: list[int], batch: int, classes: int, seed: int) -> tuple[A
 
 def medseg_worker(spec: dict[str, Any]) -> Any:
     """A step function running medseg's trainer step on medseg's network, loss and optimiser."""
-    from types import SimpleNamespace
-
     import torch
 
     from medseg.models import create_model_from_plans
@@ -98,14 +96,15 @@ def medseg_worker(spec: dict[str, Any]) -> Any:
     model = create_model_from_plans(entry, deep_supervision=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
-    trainer = SimpleNamespace(
+    # the trainer's own train_step and training_loss, on the parts FoldTrainer.__init__ would build from plans
+    trainer = FoldTrainer.__new__(FoldTrainer)
+    trainer.__dict__.update(
         device=torch.device("cpu"), optimizer=optimizer, network=model, model=model, objective=None, hooks=[],
         loss=DeepSupervisionLoss(build_loss("dice_ce", batch_dice=False), getattr(model, "loss_weights", ())),
-        scaler=torch.amp.GradScaler("cuda", enabled=False), config=config,
-        _autocast=lambda: FoldTrainer._autocast(SimpleNamespace(amp_dtype=None, device=torch.device("cpu"))))
+        scaler=torch.amp.GradScaler("cuda", enabled=False), config=config, amp_dtype=None)
     data, target = make_batch(spec["patch"], spec["batch"], spec["classes"], spec["seed"])
     batch = {"data": data, "target": target}
-    return lambda: FoldTrainer.train_step(trainer, batch), sum(p.numel() for p in model.parameters())
+    return lambda: trainer.train_step(batch), sum(p.numel() for p in model.parameters())
 
 
 def nnunet_plans(spec: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,8 @@ METHODS: tuple[Method, ...] = (
            "training, prediction"),
     Method("cascade", (21, 40), ("Sequential 3D U-Nets (brain tumour)", "Cascaded U-Net (glioma)"),
            "Isensee et al., Nature Methods 2021 (nnU-Net's 3d_lowres → 3d_cascade_fullres)",
-           ("medseg plan MANIFEST --configs 3d_fullres,3d_lowres",),
-           "the mapping is documented in medseg/training/TRAINING.md; medseg train trains each planned stage on "
-           "its own, not the cascade stage's extra inputs", "medseg.planning", "documentation"),
+           ("medseg train PLANS --config 3d_lowres --fold 0-4",
+            "medseg train PLANS --config 3d_cascade_fullres --fold 0-4 --set previous_stage_run=LOWRES_RUN"),
+           "the mapping is documented in medseg/training/TRAINING.md; medseg predict runs both stages",
+           "medseg.training.cascade", "training, prediction"),
 )
