@@ -45,9 +45,10 @@ from medseg.models.blocks import ActSpec, make_act, make_conv, make_norm
 from medseg.models.instance.base import Detections, InstanceTarget
 from medseg.models.instance.mask_rcnn import MaskRCNN
 from medseg.models.instance.ops import paste_masks
-from medseg.models.instance.rcnn import MaskBranch, MultiScaleRoIAlign, last_level_max_pool
+from medseg.models.instance.rcnn import MaskBranch, MultiScaleRoIAlign
 from medseg.models.instance.targets import ObjectTargets, semantic_map
 from medseg.models.natural.refine._modules import upsample_to
+from medseg.models.panoptic.fusion import panoptic_detections
 from medseg.models.registry import PaperConfig, register_model
 
 __all__ = ["EfficientPS", "EfficientPSSemanticHead", "SeparableMaskBranch", "TwoWayFPN"]
@@ -278,34 +279,20 @@ class EfficientPS(MaskRCNN):
         if targets is not None:
             return super().forward(x, targets)
         self.check_input(x)
-        features = self.pyramid(x)
-        shape = tuple(x.shape[2:])
-        proposals, _ = self.rpn([*features, last_level_max_pool(features[-1])], shape)
-        found = self.roi_heads.detect_boxes(features, proposals, shape)
-        semantic = self.semantic_logits(x, features)
-        out = []
-        with torch.no_grad():
-            for b, (boxes, scores, labels) in enumerate(found):
-                keep = scores >= self.panoptic_score
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-                n = boxes.shape[0]
-                per_image = [boxes if i == b else boxes[:0] for i in range(len(found))]
-                logits = self.roi_heads.mask_branch.logits(features, per_image)
-                picked = logits[torch.arange(n, device=x.device), labels - 1] if n else logits[:, 0]
-                pasted = paste_masks(picked.float(), boxes, shape, threshold=None) if n else picked
-                rows = [semantic[b, 0]]
-                for i in range(n):
-                    inside = torch.zeros(shape, dtype=torch.bool, device=x.device)
-                    lo = [max(int(boxes[i, a].floor()), 0) for a in range(self.spatial_dims)]
-                    hi = [min(int(boxes[i, a + self.spatial_dims].ceil()), shape[a])
-                          for a in range(self.spatial_dims)]
-                    inside[tuple(slice(p, q) for p, q in zip(lo, hi, strict=True))] = True
-                    a_, b_ = pasted[i], semantic[b, int(labels[i])]
-                    fused = (torch.sigmoid(a_) + torch.sigmoid(b_)) * (a_ + b_)
-                    rows.append(torch.where(inside, fused, torch.full_like(fused, -1e4)))
-                winner = torch.stack(rows).argmax(dim=0)
-                masks = torch.stack([winner == k + 1 for k in range(n)]) if n else \
-                    torch.zeros((0, *shape), dtype=torch.bool, device=x.device)
-                present = masks.flatten(1).any(dim=1)
-                out.append(Detections(boxes[present], scores[present], labels[present], masks[present]))
-        return out
+        return panoptic_detections(self, x, self._fuse)
+
+    def _fuse(self, semantic: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, picked: torch.Tensor,
+              shape: tuple[int, ...]) -> torch.Tensor:
+        """EfficientPS's fusion: inside each box, (σ(mask) + σ(semantic)) · (mask + semantic) of its class."""
+        n = boxes.shape[0]
+        pasted = paste_masks(picked.float(), boxes, shape, threshold=None) if n else picked
+        rows = [semantic[0]]
+        for i in range(n):
+            inside = torch.zeros(shape, dtype=torch.bool, device=semantic.device)
+            lo = [max(int(boxes[i, a].floor()), 0) for a in range(self.spatial_dims)]
+            hi = [min(int(boxes[i, a + self.spatial_dims].ceil()), shape[a]) for a in range(self.spatial_dims)]
+            inside[tuple(slice(p, q) for p, q in zip(lo, hi, strict=True))] = True
+            a_, b_ = pasted[i], semantic[int(labels[i])]
+            fused = (torch.sigmoid(a_) + torch.sigmoid(b_)) * (a_ + b_)
+            rows.append(torch.where(inside, fused, torch.full_like(fused, -1e4)))
+        return torch.stack(rows).argmax(dim=0)

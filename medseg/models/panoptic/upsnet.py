@@ -43,6 +43,7 @@ from medseg.models.instance.ops import paste_masks
 from medseg.models.instance.targets import ObjectTargets, semantic_map
 from medseg.models.natural.refine._modules import upsample_to
 from medseg.models.natural.refine.fpn import FeaturePyramid
+from medseg.models.panoptic.fusion import panoptic_detections
 from medseg.models.registry import PaperConfig, register_model
 
 __all__ = ["DeformableSemanticHead", "GlobalContextFPN", "UPSNet"]
@@ -244,25 +245,6 @@ class UPSNet(MaskRCNN):
         if targets is not None:
             return super().forward(x, targets)
         self.check_input(x)
-        from medseg.models.instance.rcnn import last_level_max_pool
-
-        features = self.pyramid(x)
-        shape = tuple(x.shape[2:])
-        proposals, _ = self.rpn([*features, last_level_max_pool(features[-1])], shape)
-        found = self.roi_heads.detect_boxes(features, proposals, shape)
-        semantic = self.semantic_logits(x, features)
-        out = []
-        with torch.no_grad():
-            for b, (boxes, scores, labels) in enumerate(found):
-                keep = scores >= self.panoptic_score
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-                n = boxes.shape[0]
-                per_image = [boxes if i == b else boxes[:0] for i in range(len(found))]
-                logits = self.roi_heads.mask_branch.logits(features, per_image)
-                picked = logits[torch.arange(n, device=x.device), labels - 1] if n else logits[:, 0]
-                winner = self.panoptic_logits(semantic[b], boxes, labels, picked).argmax(dim=0)
-                masks = torch.stack([winner == k + 1 for k in range(n)]) if n else \
-                    torch.zeros((0, *shape), dtype=torch.bool, device=x.device)
-                present = masks.flatten(1).any(dim=1)
-                out.append(Detections(boxes[present], scores[present], labels[present], masks[present]))
-        return out
+        return panoptic_detections(
+            self, x, lambda semantic, boxes, labels, picked, shape: self.panoptic_logits(
+                semantic, boxes, labels, picked).argmax(dim=0))
