@@ -74,32 +74,19 @@ def test_target_images_are_cached_without_labels(tmp_path: Path, mni_dataset_pla
 
 
 def _cord_data(root: Path) -> dict[str, Any]:
-    """T2 (source, labelled) and T1 (target; its mask only for scoring) of ``sct_spine``, reoriented to R, P, S so
-    that the 2D plan slices them axially (nnU-Net slices isotropic data along the last stored axis)."""
-    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
-
-    from medseg.planning import compute_fingerprint, plan_experiment, save_fingerprint, save_plans
+    """T2 (source, labelled) and T1 (target; its mask only for scoring) of ``sct_spine``, prepared as
+    ``benchmarks/domain_adaptation_benchmark.py`` prepares them (one preparation for the test and the benchmark)."""
+    import importlib.util
 
     folder = SHARED / "sct_spine"
     if not folder.is_dir():
         pytest.skip(f"real test data not present at {folder}")
-    root.mkdir(parents=True, exist_ok=True)
-    for name, out in (("t2_t2", "t2"), ("t2_t2_seg-manual", "t2_cord"), ("t1_t1w", "t1"),
-                      ("t1_t1w_seg-manual", "t1_cord")):
-        image = nib.load(folder / f"{name}.nii.gz")
-        moved = image.as_reoriented(ornt_transform(io_orientation(image.affine), axcodes2ornt(("R", "P", "S"))))
-        nib.save(nib.Nifti1Image(np.asarray(moved.dataobj), moved.affine), root / f"{out}.nii.gz")
-    common = {"format_version": 1, "channels": [{"name": "MR", "modality": "MR"}],
-              "labels": {"background": 0, "cord": 1}}
-    source = {**common, "name": "cord_t2", "splits": [{"train": ["t2"], "val": ["t2_copy"]}],
-              "cases": [{"id": "t2", "images": ["t2.nii.gz"], "label": "t2_cord.nii.gz"},
-                        {"id": "t2_copy", "images": ["t2.nii.gz"], "label": "t2_cord.nii.gz"}]}
-    target = {**common, "name": "cord_t1", "cases": [{"id": "t1", "images": ["t1.nii.gz"]}]}
-    (root / "source.json").write_text(json.dumps(source))
-    (root / "target.json").write_text(json.dumps(target))
-    fingerprint = compute_fingerprint(load_manifest(root / "source.json"), workers=1)
-    save_fingerprint(fingerprint, root / "fingerprint.json")
-    save_plans(plan_experiment(fingerprint, configs=("2d",), dataset_name="cord"), root / "plans.json")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "domain_adaptation_benchmark.py"
+    spec = importlib.util.spec_from_file_location("domain_adaptation_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.prepare(folder, root)
     return {"root": root}
 
 
