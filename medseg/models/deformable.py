@@ -9,11 +9,12 @@ Deformable ConvNets v2 (X. Zhu, H. Hu, S. Lin, J. Dai, "Deformable ConvNets v2: 
 CVPR 2019, arXiv:1811.11168, Section 3.1) also learns a sigmoid weight ``dm_n`` per sampling point
 (``modulated=True``).
 
-Implementation: one :func:`torch.nn.functional.grid_sample` call reads the input at all ``N`` shifted positions of
-every output location (2D: bilinear; 3D: trilinear, ``3N`` offset channels), the samples are laid out as a
-``k``-times larger map in which each output location owns one ``k x k (x k)`` tile, and a convolution with kernel =
-stride = ``k`` applies the weights, so the layer has exactly the parameters of a regular convolution plus its offset
-(and mask) convolution. No torchvision, no compiled extension.
+Implementation: for each of the ``N`` kernel points, :func:`torch.nn.functional.grid_sample` reads the input at that
+point's shifted position of every output location (2D: bilinear; 3D: trilinear, ``3N`` offset channels) and a 1x1
+convolution with that point's slice of the weight adds its contribution to the output. The working memory is one
+sampled map the size of the output per point, not all ``N`` at once (27 times the input in 3D, which at 3D
+resolutions runs out of memory). The layer has exactly the parameters of a regular convolution (kept as a regular
+convolution's weight, ``conv``) plus its offset (and mask) convolution. No torchvision, no compiled extension.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class DeformConv(nn.Module):
             self.mask = conv(in_channels, n_points, bias=True, **geometry)
             nn.init.zeros_(self.mask.weight)
             nn.init.zeros_(self.mask.bias)
-        # kernel = stride = k over the tiled samples: the weights of a regular k x k (x k) convolution
-        self.conv = conv(in_channels, out_channels, kernel_size=self.kernel_size, stride=self.kernel_size, bias=bias)
+        # the weights of a regular k x k (x k) convolution; kernel point n is weight[:, :, n] of the flattened kernel
+        self.conv = conv(in_channels, out_channels, kernel_size=self.kernel_size, bias=bias)
         grid = [
             [dl * i - p for i, dl, p in zip(idx, self.dilation, self.padding, strict=True)]
             for idx in itertools.product(*(range(k) for k in self.kernel_size))
@@ -107,7 +108,7 @@ class DeformConv(nn.Module):
         """Sample ``x`` at the regular grid plus the learned offsets and convolve."""
         d, n = self.spatial_dims, self.n_points
         offsets = self.offset(x)  # (B, d*N, *out)
-        b, c = x.shape[:2]
+        b = x.shape[0]
         out_size = tuple(offsets.shape[2:])
         offsets = offsets.view(b, n, d, *out_size)
         axes = [torch.arange(o, device=x.device, dtype=offsets.dtype) * s
@@ -118,16 +119,20 @@ class DeformConv(nn.Module):
         # grid_sample (align_corners=False): index i of an axis of length L sits at (2i + 1) / L - 1
         lengths = torch.tensor(x.shape[2:], device=x.device, dtype=offsets.dtype).view(1, 1, d, *tail)
         grid = ((2 * positions + 1) / lengths - 1).flip(2).movedim(2, -1)  # (B, N, *out, d), last dim x, y(, z)
-        grid = grid.reshape(b, n * out_size[0], *out_size[1:], d)
-        samples = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        samples = samples.view(b, c, n, *out_size)
-        if self.mask is not None:
-            samples = samples * torch.sigmoid(self.mask(x)).view(b, 1, n, *out_size)
-        # (B, C, k0, k1[, k2], o0, o1[, o2]) -> (B, C, o0*k0, o1*k1[, o2*k2]): one k-tile per output location
-        samples = samples.view(b, c, *self.kernel_size, *out_size)
-        order = [0, 1, *itertools.chain.from_iterable((2 + d + a, 2 + a) for a in range(d))]
-        tiled = samples.permute(order).reshape(b, c, *(o * k for o, k in zip(out_size, self.kernel_size, strict=True)))
-        return self.conv(tiled)
+        mask = torch.sigmoid(self.mask(x)) if self.mask is not None else None  # (B, N, *out)
+        weight = self.conv.weight.flatten(2)  # (C_out, C_in, N)
+        conv = F.conv2d if d == 2 else F.conv3d
+        out: torch.Tensor | None = None
+        for point in range(n):  # one point at a time: memory of one sampled map, not N
+            samples = F.grid_sample(x, grid[:, point], mode="bilinear", padding_mode="zeros", align_corners=False)
+            if mask is not None:
+                samples = samples * mask[:, point : point + 1]
+            term = conv(samples, weight[:, :, point].reshape(*weight.shape[:2], *tail))
+            out = term if out is None else out.add_(term)
+        assert out is not None
+        if self.conv.bias is not None:
+            out = out.add_(self.conv.bias.view(1, -1, *tail))
+        return out
 
 
 class DeformConvNormAct(nn.Sequential):

@@ -55,6 +55,23 @@ def test_deform_conv_offsets_move_the_sampling_points() -> None:
     assert layer3.offset.weight.grad.abs().sum() > 0  # the offsets learn
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_deform_conv_with_a_whole_voxel_shift_is_a_convolution_of_the_shifted_input(dims: int) -> None:
+    # every kernel point moved one voxel along the last axis: the regular convolution of the input shifted by one
+    torch.manual_seed(0)
+    layer = DeformConv(dims, 3, 4, 3)
+    shift = torch.zeros(layer.n_points, dims)
+    shift[:, -1] = 1.0
+    layer.offset.bias.data = shift.flatten()
+    x = torch.randn(2, 3, *([7] * dims))
+    shifted = torch.zeros_like(x)
+    shifted[..., :-1] = x[..., 1:]
+    conv = F.conv2d if dims == 2 else F.conv3d
+    expected = conv(shifted, layer.weight, layer.conv.bias, padding=1)
+    # from the second voxel on (the first one's left neighbour is x's first voxel, not the shifted input's padding)
+    assert torch.allclose(layer(x)[..., 1:], expected[..., 1:], atol=1e-5)
+
+
 def test_modulated_deform_conv_starts_at_half_weight() -> None:
     torch.manual_seed(0)
     layer = DeformConv(2, 2, 3, 3, bias=False, modulated=True)
