@@ -253,6 +253,7 @@ class PreparedCase:
         data: Preprocessed ``(C, *spatial)`` float32 data.
         properties: ``properties`` of :func:`medseg.preprocessing.preprocess_case`.
         seconds: Load and preprocessing time.
+        seg: The preprocessed label map passed to :func:`prepare_case`, else ``None``.
     """
 
     case_id: str
@@ -260,10 +261,16 @@ class PreparedCase:
     data: np.ndarray
     properties: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    seg: np.ndarray | None = None
 
 
-def prepare_case(plans: dict[str, Any], configuration: str, case_id: str, image: Any) -> PreparedCase:
-    """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the plans' configuration says."""
+def prepare_case(plans: dict[str, Any], configuration: str, case_id: str, image: Any,
+                 label: np.ndarray | None = None) -> PreparedCase:
+    """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the plans' configuration says.
+
+    ``label`` (a label map on the image's grid, e.g. a cascade's previous-stage prediction) is preprocessed with the
+    image and kept as :attr:`PreparedCase.seg`.
+    """
     from medseg.io import check_finite, require_3d
     from medseg.preprocessing import configuration_of, preprocess_case
 
@@ -271,8 +278,9 @@ def prepare_case(plans: dict[str, Any], configuration: str, case_id: str, image:
     require_3d(image, where, channels=configuration_of(plans, configuration).num_channels)
     check_finite(image, where)
     start = time.perf_counter()
-    data, _, properties = preprocess_case(image, plans, configuration)
-    return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start})
+    data, seg, properties = preprocess_case(image, plans, configuration, label=label)
+    return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start},
+                        seg if label is not None else None)
 
 
 def output_meta(image: Any) -> tuple[np.ndarray, dict[str, Any]]:
@@ -397,22 +405,18 @@ class Predictor:
     def prepare(self, case_id: str, image: Any) -> PreparedCase:
         """Check and preprocess a loaded image ``(C, X, Y, Z)`` as the run's plans say."""
         if self.previous is not None:  # the cascade: the previous stage's label map, preprocessed with the image
-            from medseg.io import check_finite, require_3d
-            from medseg.preprocessing import preprocess_case
-
-            where = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
-            require_3d(image, where, channels=self.cfg.num_channels)
-            check_finite(image, where)
             start = time.perf_counter()
-            earlier = self.previous.predict(image, case_id)
-            seconds = {"previous_stage": time.perf_counter() - start}
+            earlier = self.previous.predict(image, case_id)  # checks the image as prepare_case does
+            previous_seconds = time.perf_counter() - start
+            prepared = prepare_case(self.plans, self.configuration, case_id, image,
+                                    label=np.asarray(earlier.labels[0]))
             start = time.perf_counter()
-            data, seg, properties = preprocess_case(image, self.plans, self.configuration,
-                                                    label=np.asarray(earlier.labels[0]))
-            onehot = np.stack([(seg[0] == c) for c in range(1, self.cfg.num_classes)]).astype(np.float32)
-            data = np.concatenate([data, onehot])
-            seconds["preprocess"] = time.perf_counter() - start
-            return PreparedCase(case_id, image, data, properties, seconds)
+            seg = prepared.seg[0]
+            onehot = np.stack([(seg == c) for c in range(1, self.cfg.num_classes)]).astype(np.float32)
+            prepared.data = np.concatenate([prepared.data, onehot])
+            prepared.seconds["preprocess"] += time.perf_counter() - start
+            prepared.seconds["previous_stage"] = previous_seconds
+            return prepared
         prepared = prepare_case(self.plans, self.configuration, case_id, image)
         first = self.folds[0]
         if first.coordinates != "none":
