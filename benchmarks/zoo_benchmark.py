@@ -3,9 +3,12 @@
 Every model is built at its paper configuration (``PaperConfig``: in/out channels and options, e.g. the paper's
 backbone) in evaluation mode and run on one input of ``--size`` (default 512x1024, rounded up to the model's input
 divisor). FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on one forward pass (a
-multiply-add counts 2 FLOPs; papers that quote "FLOPs" often mean multiply-adds, i.e. half this figure). Images per
-second: ``batch · iters / seconds`` over ``--iters`` timed forward passes after ``--warmup`` untimed ones (CUDA
-synchronised). A model that fails (e.g. out of memory) gets an ``error`` entry and the run goes on.
+multiply-add counts 2 FLOPs; papers that quote "FLOPs" often mean multiply-adds, i.e. half this figure); the pass
+runs on the ``meta`` device (shapes only, no arithmetic), falling back to a real pass for a model that cannot run
+there, so counting costs nothing next to the timing. Images per second: ``batch · iters / seconds`` over ``--iters``
+timed forward passes after ``--warmup`` untimed ones (CUDA synchronised). A model that fails (e.g. out of memory)
+gets an ``error`` entry and the run goes on; one the kernel kills for memory ends the run, the JSON written after
+every model keeps the others (``complete: false``).
 
 Examples::
 
@@ -56,6 +59,25 @@ def benchmark_dims(name: str, which: str) -> list[int]:
     return [int(which)] if int(which) in info.spatial_dims else []
 
 
+def count_flops(name: str, dims: int, in_channels: int, out_channels: int, kwargs: dict[str, Any],
+                shape: list[int]) -> tuple[float, list[int]] | None:
+    """FLOPs and output shape of one forward pass of ``name`` on an input of ``shape``, run on the meta device.
+
+    Returns ``None`` when the model cannot run on the meta device (data-dependent operations); the caller then
+    counts on a real pass.
+    """
+    try:
+        with torch.device("meta"):
+            model = create_model(name, dims, in_channels, out_channels, **kwargs).eval()
+            x = torch.empty(*shape)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            out = _first_tensor(model(x))
+        return float(counter.get_total_flops()), list(out.shape)
+    except Exception:  # e.g. .item() or nonzero() on meta tensors
+        return None
+
+
 def benchmark_model(name: str, size2d: list[int], size3d: list[int], device: torch.device, batch: int,
                     warmup: int, iters: int, dims: int | None = None) -> dict[str, Any]:
     """Parameters, GFLOPs and images/s of model ``name`` at its paper configuration, in ``dims`` (default: the
@@ -73,12 +95,16 @@ def benchmark_model(name: str, size2d: list[int], size3d: list[int], device: tor
         size = _round_up(size2d if dims == 2 else size3d, divisor)
         entry.update(params=count_parameters(model), paper_params=cfg.params, input_size=size, batch=batch)
         x = torch.randn(batch, cfg.in_channels, *size, device=device)
+        counted = count_flops(name, dims, cfg.in_channels, cfg.out_channels, entry["kwargs"], list(x.shape))
+        entry["flops_counted_on"] = "meta" if counted is not None else "real pass"
         with torch.no_grad():
-            counter = FlopCounterMode(display=False)
-            with counter:
-                out = _first_tensor(model(x))
-            entry["gflops"] = counter.get_total_flops() / 1e9 / batch
-            entry["output_shape"] = list(out.shape)
+            if counted is None:
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    out = _first_tensor(model(x))
+                counted = (float(counter.get_total_flops()), list(out.shape))
+            entry["gflops"] = counted[0] / 1e9 / batch
+            entry["output_shape"] = counted[1]
             for _ in range(warmup):
                 model(x)
             if device.type == "cuda":
