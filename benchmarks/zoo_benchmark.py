@@ -59,23 +59,12 @@ def benchmark_dims(name: str, which: str) -> list[int]:
     return [int(which)] if int(which) in info.spatial_dims else []
 
 
-def count_flops(name: str, dims: int, in_channels: int, out_channels: int, kwargs: dict[str, Any],
-                shape: list[int]) -> tuple[float, list[int]] | None:
-    """FLOPs and output shape of one forward pass of ``name`` on an input of ``shape``, run on the meta device.
-
-    Returns ``None`` when the model cannot run on the meta device (data-dependent operations); the caller then
-    counts on a real pass.
-    """
-    try:
-        with torch.device("meta"):
-            model = create_model(name, dims, in_channels, out_channels, **kwargs).eval()
-            x = torch.empty(*shape)
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            out = _first_tensor(model(x))
-        return float(counter.get_total_flops()), list(out.shape)
-    except Exception:  # e.g. .item() or nonzero() on meta tensors
-        return None
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, list[int]]:
+    """FLOPs and output shape of one forward pass of ``model`` on ``x`` (on the meta device: shapes only)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        out = _first_tensor(model(x))
+    return float(counter.get_total_flops()), list(out.shape)
 
 
 def benchmark_model(name: str, size2d: list[int], size3d: list[int], device: torch.device, batch: int,
@@ -95,16 +84,17 @@ def benchmark_model(name: str, size2d: list[int], size3d: list[int], device: tor
         size = _round_up(size2d if dims == 2 else size3d, divisor)
         entry.update(params=count_parameters(model), paper_params=cfg.params, input_size=size, batch=batch)
         x = torch.randn(batch, cfg.in_channels, *size, device=device)
-        counted = count_flops(name, dims, cfg.in_channels, cfg.out_channels, entry["kwargs"], list(x.shape))
-        entry["flops_counted_on"] = "meta" if counted is not None else "real pass"
+        try:  # on the meta device: no arithmetic, so counting adds no forward pass to the run
+            with torch.device("meta"):
+                meta_model = create_model(name, dims, cfg.in_channels, cfg.out_channels, **entry["kwargs"]).eval()
+                flops, output_shape = count_flops(meta_model, torch.empty(x.shape))
+            entry["flops_counted_on"] = "meta"
+        except Exception:  # data-dependent operations (.item(), nonzero()) cannot run there: count on a real pass
+            flops, output_shape = count_flops(model, x)
+            entry["flops_counted_on"] = "real pass"
+        entry["gflops"] = flops / 1e9 / batch
+        entry["output_shape"] = output_shape
         with torch.no_grad():
-            if counted is None:
-                counter = FlopCounterMode(display=False)
-                with counter:
-                    out = _first_tensor(model(x))
-                counted = (float(counter.get_total_flops()), list(out.shape))
-            entry["gflops"] = counted[0] / 1e9 / batch
-            entry["output_shape"] = counted[1]
             for _ in range(warmup):
                 model(x)
             if device.type == "cuda":

@@ -279,8 +279,7 @@ def prepare_case(plans: dict[str, Any], configuration: str, case_id: str, image:
     check_finite(image, where)
     start = time.perf_counter()
     data, seg, properties = preprocess_case(image, plans, configuration, label=label)
-    return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start},
-                        seg if label is not None else None)
+    return PreparedCase(case_id, image, data, properties, {"preprocess": time.perf_counter() - start}, seg)
 
 
 def output_meta(image: Any) -> tuple[np.ndarray, dict[str, Any]]:

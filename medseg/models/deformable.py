@@ -131,7 +131,7 @@ class DeformConv(nn.Module):
             out = term if out is None else out.add_(term)
         assert out is not None
         if self.conv.bias is not None:
-            out = out.add_(self.conv.bias.view(1, -1, *tail))
+            out.add_(self.conv.bias.view(1, -1, *tail))
         return out
 
 
